@@ -1,0 +1,313 @@
+"""Offloading policies: pure decisions over a snapshot of system state.
+
+The same policy object runs inside the EdgePreprocessorUnit and inside the simulator,
+so a policy sees only an Observation and (optionally) learns from FrameRecords.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import math
+import random
+import sys
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol, runtime_checkable
+
+from edgeoffload.records import FrameRecord
+
+
+@dataclass(frozen=True, slots=True)
+class SiteState:
+    """One inference site (edge or cloud) as the preprocessor sees it."""
+
+    in_flight: int = 0            # frames sent and not yet answered
+    replicas: int = 1             # ready replicas (known or estimated)
+    service_s: float = 0.05       # EWMA inference time per frame
+    rtt_s: float = 0.0            # network round trip (0 on edge)
+    uplink_bps: float = math.inf  # estimated bandwidth (inf on edge)
+    healthy: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """Everything a policy may look at for one frame."""
+
+    now: float
+    camera: str
+    frame_id: int
+    frame_bytes: int              # encoded size that would be sent
+    deadline_s: float | None
+    edge: SiteState
+    cloud: SiteState
+
+
+@runtime_checkable
+class Policy(Protocol):
+    name: str
+
+    def estimate_to_cloud(self, obs: Observation) -> bool:
+        """True = offload this frame to the cloud."""
+        ...
+
+    def feedback(self, record: FrameRecord) -> None:
+        """Called once with the outcome of every frame the policy decided."""
+        ...
+
+
+def predicted_completion_s(site: SiteState, frame_bytes: int) -> float:
+    """Expected time until a frame sent now is answered: wait + transfer + rtt + service.
+
+    Work ahead of the frame is spread over the site's replicas; an unhealthy site never completes.
+    """
+    if not site.healthy or site.replicas <= 0:
+        return math.inf
+    wait = site.in_flight / site.replicas * site.service_s
+    transfer = 0.0 if math.isinf(site.uplink_bps) else frame_bytes * 8 / max(site.uplink_bps, 1e-9)
+    return wait + transfer + site.rtt_s + site.service_s
+
+
+class _Stateless:
+    """Base for policies that do not learn: feedback is accepted and ignored."""
+
+    name = "base"
+
+    def feedback(self, record: FrameRecord) -> None:
+        return None
+
+
+class EdgeOnly(_Stateless):
+    name = "edge-only"
+
+    def estimate_to_cloud(self, obs: Observation) -> bool:
+        return False
+
+
+class CloudOnly(_Stateless):
+    name = "cloud-only"
+
+    def estimate_to_cloud(self, obs: Observation) -> bool:
+        return True
+
+
+class Alternate(_Stateless):
+    """The original demo: every other frame goes to the cloud (edge first)."""
+
+    name = "alternate"
+
+    def __init__(self) -> None:
+        self._count = 0
+
+    def estimate_to_cloud(self, obs: Observation) -> bool:
+        self._count += 1
+        return self._count % 2 == 0
+
+
+class RandomSplit(_Stateless):
+    """Offload each frame with probability p; seeded so runs repeat."""
+
+    def __init__(self, p: float = 0.5, seed: int = 0) -> None:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"random:p needs 0 <= p <= 1, got {p}")
+        self.p = p
+        self.name = f"random:{p:g}"
+        self._rng = random.Random(seed)
+
+    def estimate_to_cloud(self, obs: Observation) -> bool:
+        return self._rng.random() < self.p
+
+
+class QueueThreshold(_Stateless):
+    """Offload when the edge has k or more frames in flight per ready replica."""
+
+    def __init__(self, k: float = 2) -> None:
+        if k <= 0:
+            raise ValueError(f"queue-threshold:k needs k > 0, got {k}")
+        self.k = k
+        self.name = f"queue-threshold:{k:g}"
+
+    def estimate_to_cloud(self, obs: Observation) -> bool:
+        if not obs.edge.healthy:
+            return obs.cloud.healthy
+        per_replica = obs.edge.in_flight / max(obs.edge.replicas, 1)
+        return per_replica >= self.k and obs.cloud.healthy
+
+
+class MinLatency(_Stateless):
+    """Send to whichever site is predicted to answer first (ties stay on the edge)."""
+
+    name = "min-latency"
+
+    def estimate_to_cloud(self, obs: Observation) -> bool:
+        edge = predicted_completion_s(obs.edge, obs.frame_bytes)
+        cloud = predicted_completion_s(obs.cloud, obs.frame_bytes)
+        return cloud < edge
+
+
+class Deadline(_Stateless):
+    """Prefer the edge (no egress); offload only when the edge would miss the deadline
+    and the cloud is predicted to do better."""
+
+    name = "deadline"
+
+    def __init__(self, default_deadline_s: float = 0.2) -> None:
+        self.default_deadline_s = default_deadline_s
+
+    def estimate_to_cloud(self, obs: Observation) -> bool:
+        deadline = obs.deadline_s if obs.deadline_s is not None else self.default_deadline_s
+        edge = predicted_completion_s(obs.edge, obs.frame_bytes)
+        if edge <= deadline:
+            return False
+        return predicted_completion_s(obs.cloud, obs.frame_bytes) < edge
+
+
+class EpsilonGreedy:
+    """Learning policy: a contextual epsilon-greedy bandit.
+
+    Context is the edge load (frames in flight per replica, capped); for each context and
+    site it keeps a running mean of observed total latency (errors and drops count as a
+    penalty) and picks the lower, exploring with probability epsilon.
+    """
+
+    def __init__(self, epsilon: float = 0.1, seed: int = 0, max_bucket: int = 8,
+                 failure_penalty_ms: float = 2000.0, memory: int = 65536) -> None:
+        if not 0.0 <= epsilon <= 1.0:
+            raise ValueError(f"bandit:epsilon needs 0 <= epsilon <= 1, got {epsilon}")
+        self.epsilon = epsilon
+        self.name = f"bandit:{epsilon:g}"
+        self.max_bucket = max_bucket
+        self.failure_penalty_ms = failure_penalty_ms
+        self._rng = random.Random(seed)
+        self._memory = memory
+        self._pending: OrderedDict[tuple[str, int], int] = OrderedDict()
+        self._sum: dict[tuple[int, bool], float] = {}
+        self._count: dict[tuple[int, bool], int] = {}
+
+    def _context(self, obs: Observation) -> int:
+        per_replica = obs.edge.in_flight / max(obs.edge.replicas, 1)
+        return min(int(per_replica), self.max_bucket)
+
+    def mean_ms(self, context: int, to_cloud: bool) -> float | None:
+        count = self._count.get((context, to_cloud), 0)
+        return self._sum[(context, to_cloud)] / count if count else None
+
+    def estimate_to_cloud(self, obs: Observation) -> bool:
+        context = self._context(obs)
+        self._pending[(obs.camera, obs.frame_id)] = context
+        if len(self._pending) > self._memory:
+            self._pending.popitem(last=False)
+        if not obs.cloud.healthy or not obs.edge.healthy:
+            return not obs.edge.healthy and obs.cloud.healthy
+        if self._rng.random() < self.epsilon:
+            return self._rng.random() < 0.5
+        edge, cloud = self.mean_ms(context, False), self.mean_ms(context, True)
+        if edge is None or cloud is None:  # try the untried arm first
+            return edge is not None
+        return cloud < edge
+
+    def feedback(self, record: FrameRecord) -> None:
+        context = self._pending.pop((record.camera, record.frame_id), None)
+        if context is None or record.site == "none":
+            return
+        latency = record.t_total_ms if record.status == "ok" else self.failure_penalty_ms
+        key = (context, record.site == "cloud")
+        self._sum[key] = self._sum.get(key, 0.0) + latency
+        self._count[key] = self._count.get(key, 0) + 1
+
+
+class FunctionPolicy:
+    """Adapts a plain `estimate_to_cloud(obs) -> bool` function (or an object without feedback)."""
+
+    def __init__(self, decide: Callable[[Observation], bool], name: str,
+                 learn: Callable[[FrameRecord], None] | None = None) -> None:
+        self._decide = decide
+        self._learn = learn
+        self.name = name
+
+    def estimate_to_cloud(self, obs: Observation) -> bool:
+        return bool(self._decide(obs))
+
+    def feedback(self, record: FrameRecord) -> None:
+        if self._learn is not None:
+            self._learn(record)
+
+
+def _float_arg(arg: str | None, default: float, name: str) -> float:
+    if arg is None or arg == "":
+        return default
+    try:
+        return float(arg)
+    except ValueError:
+        raise ValueError(f"policy {name!r} takes a number, got {arg!r}") from None
+
+
+BUILTINS: dict[str, Callable[[str | None], Any]] = {
+    "edge-only": lambda arg: EdgeOnly(),
+    "cloud-only": lambda arg: CloudOnly(),
+    "alternate": lambda arg: Alternate(),
+    "random": lambda arg: RandomSplit(_float_arg(arg, 0.5, "random")),
+    "queue-threshold": lambda arg: QueueThreshold(_float_arg(arg, 2, "queue-threshold")),
+    "min-latency": lambda arg: MinLatency(),
+    "deadline": lambda arg: Deadline(_float_arg(arg, 0.2, "deadline")),
+    "bandit": lambda arg: EpsilonGreedy(_float_arg(arg, 0.1, "bandit")),
+}
+
+
+def load_policy(spec: str) -> Policy:
+    """Build a policy from `name[:arg]` (a built-in), `module:attr` or `path/to/file.py:attr`.
+
+    `attr` may be a Policy class (instantiated without arguments), a Policy instance, or a
+    plain function `estimate_to_cloud(obs) -> bool`.
+    """
+    spec = spec.strip()
+    if not spec:
+        raise ValueError("empty policy spec; try one of: " + ", ".join(sorted(BUILTINS)))
+    name, _, arg = spec.partition(":")
+    if name in BUILTINS:
+        return BUILTINS[name](arg or None)
+    if not arg:
+        raise ValueError(f"unknown policy {spec!r}: use a built-in ({', '.join(sorted(BUILTINS))}),"
+                         " 'module:attr' or 'path/to/file.py:attr'")
+    target, _, attr = spec.rpartition(":")
+    module = _import_target(target)
+    try:
+        obj = getattr(module, attr)
+    except AttributeError:
+        raise ValueError(f"policy {spec!r}: {target!r} has no attribute {attr!r}") from None
+    return as_policy(obj, name=attr)
+
+
+def as_policy(obj: Any, name: str | None = None) -> Policy:
+    """Turn a class, instance or function into an object with the full Policy interface."""
+    if inspect.isclass(obj):
+        obj = obj()
+    decide = getattr(obj, "estimate_to_cloud", None)
+    if callable(decide):
+        if callable(getattr(obj, "feedback", None)) and isinstance(getattr(obj, "name", None), str):
+            return obj
+        return FunctionPolicy(decide, getattr(obj, "name", None) or name or type(obj).__name__,
+                              getattr(obj, "feedback", None))
+    if callable(obj):
+        return FunctionPolicy(obj, name or getattr(obj, "__name__", "custom"))
+    raise ValueError(f"{obj!r} is not a policy: it needs an estimate_to_cloud(obs) method or must be a function")
+
+
+def _import_target(target: str) -> Any:
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        path = Path(target).expanduser().resolve()
+        if not path.is_file():
+            raise ValueError(f"policy file not found: {target}")
+        module_name = f"edgeoffload_user_policy_{abs(hash(str(path)))}"
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        if spec is None or spec.loader is None:
+            raise ValueError(f"cannot load policy file {target}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+        return module
+    try:
+        return importlib.import_module(target)
+    except ImportError as exc:
+        raise ValueError(f"cannot import policy module {target!r}: {exc}") from exc

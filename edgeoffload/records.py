@@ -1,0 +1,231 @@
+"""FrameRecord: the one per-frame outcome schema shared by the simulator and the testbed.
+
+Both sides emit exactly these fields so one analysis pipeline compares policies and
+compares simulation with reality. Records travel as JSON (MQTT) and are stored as CSV
+or Parquet; detections are kept as a JSON string column in both file formats.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Literal
+
+Site = Literal["edge", "cloud", "none"]
+Status = Literal["ok", "dropped", "error"]
+SITES: tuple[str, ...] = ("edge", "cloud", "none")
+STATUSES: tuple[str, ...] = ("ok", "dropped", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class Detection:
+    """One detected object; box is (x, y, w, h) in pixels of the original frame."""
+
+    label: str
+    score: float
+    box: tuple[float, float, float, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "score": round(float(self.score), 4),
+                "box": [round(float(v), 1) for v in self.box]}
+
+    @staticmethod
+    def from_dict(raw: Any) -> "Detection":
+        if not isinstance(raw, dict):
+            raise ValueError("detection must be an object")
+        box = raw.get("box")
+        if not isinstance(box, (list, tuple)) or len(box) != 4:
+            raise ValueError("detection box must be [x, y, w, h]")
+        return Detection(label=str(raw.get("label", "")), score=_finite(raw.get("score"), "score"),
+                         box=tuple(_finite(v, "box") for v in box))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class FrameRecord:
+    """What happened to one frame. Times are milliseconds on the sender's monotonic clock."""
+
+    camera: str
+    frame_id: int
+    captured_at: float
+    site: Site
+    status: Status
+    reason: str = ""
+    policy: str = ""
+    model: str = ""
+    detections: tuple[Detection, ...] = field(default_factory=tuple)
+    bytes_sent: int = 0
+    t_queue_ms: float = 0.0
+    t_network_ms: float = 0.0
+    t_inference_ms: float = 0.0
+    t_total_ms: float = 0.0
+    deadline_met: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        raw = {f.name: getattr(self, f.name) for f in fields(self)}
+        raw["detections"] = [d.to_dict() for d in self.detections]
+        return raw
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @staticmethod
+    def from_dict(raw: Any) -> "FrameRecord":
+        """Validate untrusted input (MQTT payloads, files); raise ValueError naming the bad field."""
+        if not isinstance(raw, dict):
+            raise ValueError("record must be a JSON object")
+        missing = [n for n in ("camera", "frame_id", "site", "status") if n not in raw]
+        if missing:
+            raise ValueError(f"record is missing field(s): {', '.join(missing)}")
+        site, status = raw["site"], raw["status"]
+        if site not in SITES:
+            raise ValueError(f"record field 'site' must be one of {SITES}, got {site!r}")
+        if status not in STATUSES:
+            raise ValueError(f"record field 'status' must be one of {STATUSES}, got {status!r}")
+        detections = raw.get("detections") or []
+        if isinstance(detections, str):
+            detections = json.loads(detections) if detections else []
+        if not isinstance(detections, list):
+            raise ValueError("record field 'detections' must be a list")
+        deadline = raw.get("deadline_met")
+        if isinstance(deadline, str):
+            deadline = {"true": True, "false": False, "": None}.get(deadline.lower())
+        try:
+            return FrameRecord(
+                camera=str(raw["camera"]), frame_id=int(raw["frame_id"]),
+                captured_at=_finite(raw.get("captured_at", 0.0), "captured_at"),
+                site=site, status=status, reason=str(raw.get("reason", "")),
+                policy=str(raw.get("policy", "")), model=str(raw.get("model", "")),
+                detections=tuple(Detection.from_dict(d) for d in detections),
+                bytes_sent=int(raw.get("bytes_sent", 0)),
+                t_queue_ms=_finite(raw.get("t_queue_ms", 0.0), "t_queue_ms"),
+                t_network_ms=_finite(raw.get("t_network_ms", 0.0), "t_network_ms"),
+                t_inference_ms=_finite(raw.get("t_inference_ms", 0.0), "t_inference_ms"),
+                t_total_ms=_finite(raw.get("t_total_ms", 0.0), "t_total_ms"),
+                deadline_met=None if deadline is None else bool(deadline))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"invalid record: {exc}") from exc
+
+    @staticmethod
+    def from_json(payload: str | bytes) -> "FrameRecord":
+        try:
+            raw = json.loads(payload)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"record is not valid JSON: {exc}") from exc
+        return FrameRecord.from_dict(raw)
+
+
+def _finite(value: Any, name: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"field {name!r} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"field {name!r} must be finite, got {value!r}")
+    return number
+
+
+FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(FrameRecord))
+
+
+def _flat_row(record: FrameRecord) -> dict[str, Any]:
+    row = record.to_dict()
+    row["detections"] = json.dumps(row["detections"], separators=(",", ":"))
+    return row
+
+
+class RecordWriter:
+    """Streams FrameRecords to `.csv` or `.parquet` (chosen by suffix) without holding them all."""
+
+    def __init__(self, path: str | Path, batch_size: int = 4096) -> None:
+        self.path = Path(path)
+        self.format = _format_of(self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.count = 0
+        self._batch: list[dict[str, Any]] = []
+        self._batch_size = batch_size
+        self._parquet: Any = None
+        self._file: Any = None
+        self._csv: Any = None
+        if self.format == "csv":
+            self._file = self.path.open("w", newline="", encoding="utf-8")
+            self._csv = csv.DictWriter(self._file, fieldnames=FIELD_NAMES)
+            self._csv.writeheader()
+
+    def write(self, record: FrameRecord) -> None:
+        self.count += 1
+        if self.format == "csv":
+            self._csv.writerow(_flat_row(record))
+            return
+        self._batch.append(_flat_row(record))
+        if len(self._batch) >= self._batch_size:
+            self._flush_parquet()
+
+    def write_all(self, records: Iterable[FrameRecord]) -> None:
+        for record in records:
+            self.write(record)
+
+    def _flush_parquet(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self._parquet is None:
+            self._parquet = pq.ParquetWriter(self.path, _arrow_schema())
+        table = pa.Table.from_pylist(self._batch, schema=_arrow_schema())
+        self._parquet.write_table(table)
+        self._batch = []
+
+    def close(self) -> None:
+        if self.format == "csv":
+            if self._file is not None and not self._file.closed:
+                self._file.close()
+            return
+        if self._batch or self._parquet is None:
+            self._flush_parquet()
+        self._parquet.close()
+
+    def __enter__(self) -> "RecordWriter":
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def read_records(path: str | Path) -> Iterator[FrameRecord]:
+    """Yield the records of a file written by RecordWriter (CSV or Parquet)."""
+    path = Path(path)
+    if _format_of(path) == "csv":
+        with path.open(newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                yield FrameRecord.from_dict(row)
+        return
+    import pyarrow.parquet as pq
+
+    for batch in pq.ParquetFile(path).iter_batches():
+        for row in batch.to_pylist():
+            yield FrameRecord.from_dict(row)
+
+
+def _format_of(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return "csv"
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    raise ValueError(f"unsupported record file {path.name!r}: use a .csv or .parquet suffix")
+
+
+def _arrow_schema() -> Any:
+    import pyarrow as pa
+
+    return pa.schema([
+        ("camera", pa.string()), ("frame_id", pa.int64()), ("captured_at", pa.float64()),
+        ("site", pa.string()), ("status", pa.string()), ("reason", pa.string()),
+        ("policy", pa.string()), ("model", pa.string()), ("detections", pa.string()),
+        ("bytes_sent", pa.int64()), ("t_queue_ms", pa.float64()), ("t_network_ms", pa.float64()),
+        ("t_inference_ms", pa.float64()), ("t_total_ms", pa.float64()), ("deadline_met", pa.bool_()),
+    ])
+
+
+__all__ = ["Detection", "FrameRecord", "RecordWriter", "read_records", "FIELD_NAMES"]

@@ -1,0 +1,137 @@
+"""Run a unit's Flask app under gunicorn (gthread), in the foreground or as a child process.
+
+The container entry point (`edgeoffload serve inference`) and the local testbed and tests
+(`start_unit`) go through the same gunicorn config, so what is tested is what is deployed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+UNITS: dict[str, str] = {
+    "inference": "edgeoffload.units.inference:create_app()",
+    "preprocessor": "edgeoffload.units.preprocessor:create_app()",
+    "webserver": "edgeoffload.units.webserver:create_app()",
+}
+READY_PATHS: dict[str, str] = {
+    "inference": "/v2/health/ready",
+    "preprocessor": "/v2/health/ready",
+    "webserver": "/healthz",
+}
+GUNICORN_CONF = Path(__file__).resolve().parent / "units" / "gunicorn_conf.py"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free right now on `host`."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def gunicorn_command(unit: str) -> list[str]:
+    if unit not in UNITS:
+        raise ValueError(f"unknown unit {unit!r}; choose from {', '.join(UNITS)}")
+    return [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), UNITS[unit]]
+
+
+def exec_unit(unit: str) -> None:
+    """Replace this process with gunicorn serving `unit` (container entry point)."""
+    command = gunicorn_command(unit)
+    os.execv(command[0], command)
+
+
+@dataclass
+class UnitProcess:
+    """A unit served by gunicorn in a child process; stop() ends the whole process group."""
+
+    unit: str
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+    metrics_dir: str = field(default="")
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        return self.process.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
+
+    def __enter__(self) -> "UnitProcess":
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+
+def start_unit(unit: str, env: Mapping[str, str] | None = None, port: int | None = None,
+               host: str = "127.0.0.1", workers: int = 1, threads: int = 4,
+               ready_timeout: float = 90.0, wait_ready: bool = True,
+               log_dir: str | Path | None = None) -> UnitProcess:
+    """Start `unit` under gunicorn on host:port and (by default) wait until it reports ready."""
+    port = port or free_port(host)
+    log_dir = Path(log_dir or tempfile.mkdtemp(prefix="edgeoffload-logs-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{unit}-{port}.log"
+    metrics_dir = tempfile.mkdtemp(prefix=f"edgeoffload-metrics-{unit}-")
+    child_env = {**os.environ, **(env or {}), "BIND": f"{host}:{port}", "WORKERS": str(workers),
+                 "THREADS": str(threads), "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(gunicorn_command(unit), env=child_env, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    running = UnitProcess(unit, f"http://{host}:{port}", process, log_path, metrics_dir)
+    if wait_ready:
+        try:
+            wait_until_ready(running, READY_PATHS[unit], ready_timeout)
+        except Exception:
+            running.stop()
+            raise
+    return running
+
+
+def wait_until_ready(running: UnitProcess, path: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if running.process.poll() is not None:
+            raise RuntimeError(f"{running.unit} exited with {running.process.returncode}:\n{running.log()[-4000:]}")
+        try:
+            with urllib.request.urlopen(running.url + path, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{running.unit} at {running.url} not ready after {timeout:.0f}s:\n{running.log()[-4000:]}")
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    """`edgeoffload serve UNIT`: the container entry point (gunicorn replaces this process)."""
+    parser.add_argument("unit", choices=sorted(UNITS))
+    parser.add_argument("--bind", help="host:port (default $BIND or 0.0.0.0:8080)")
+    parser.add_argument("--workers", type=int, help="gunicorn workers (default: CPUs, max 4)")
+    parser.add_argument("--threads", type=int, help="threads per worker (default 4)")
+
+
+def run(args: argparse.Namespace) -> int:
+    for name, value in (("BIND", args.bind), ("WORKERS", args.workers), ("THREADS", args.threads)):
+        if value is not None:
+            os.environ[name] = str(value)
+    exec_unit(args.unit)
+    return 0

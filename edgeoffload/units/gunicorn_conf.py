@@ -1,0 +1,56 @@
+"""gunicorn settings shared by every unit: gthread workers sized to the CPU limit.
+
+Read from the environment so a Deployment sets them: BIND (default 0.0.0.0:8080),
+WORKERS (default: CPUs available, capped at 4), THREADS (default 4), TIMEOUT, MAX_REQUESTS.
+Eventlet is not used (deprecated upstream, removed in gunicorn 26).
+"""
+import os
+import shutil
+import tempfile
+
+from prometheus_client import multiprocess
+
+
+def _cpus() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+bind = os.environ.get("BIND", "0.0.0.0:8080")
+worker_class = "gthread"
+workers = int(os.environ.get("WORKERS", min(_cpus(), 4)))
+threads = int(os.environ.get("THREADS", "4"))
+timeout = int(os.environ.get("TIMEOUT", "60"))
+graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "10"))
+keepalive = int(os.environ.get("KEEPALIVE", "30"))
+max_requests = int(os.environ.get("MAX_REQUESTS", "0"))
+max_requests_jitter = max_requests // 10
+accesslog = os.environ.get("ACCESSLOG") or None
+errorlog = "-"
+loglevel = os.environ.get("LOGLEVEL", "info")
+# Bounded request line/header sizes; bodies are bounded by each app (MAX_BODY_BYTES).
+limit_request_line = 4094
+limit_request_fields = 50
+
+_owned_metrics_dir = None
+
+
+def on_starting(server):
+    """Give the prometheus multiprocess collector a fresh directory unless one was provided."""
+    global _owned_metrics_dir
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        _owned_metrics_dir = tempfile.mkdtemp(prefix="edgeoffload-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = _owned_metrics_dir
+    else:
+        os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+
+
+def child_exit(server, worker):
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _owned_metrics_dir:
+        shutil.rmtree(_owned_metrics_dir, ignore_errors=True)
