@@ -1,0 +1,263 @@
+"""EdgeBrokerProvider: Mosquitto configuration (password file + ACL) and a local launcher.
+
+One function renders mosquitto.conf for both Kubernetes (the shipped
+EdgeBrokerProvider/mosquitto.conf, checked against it by the tests) and local runs, so
+the broker the tests use is configured exactly like the deployed one.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RESULTS_TOPIC = "edgeoffload/results"
+STATUS_TOPIC = "edgeoffload/status"
+K8S_CONFIG_DIR = "/mosquitto/config"
+K8S_SECRET_DIR = "/mosquitto/secret"
+K8S_DATA_DIR = "/mosquitto/data"
+PASSWORD_ITERATIONS = 101  # what mosquitto_passwd uses for its $7$ (PBKDF2-SHA512) hashes
+
+# Who may do what. The preprocessor publishes results and its status; the webserver only
+# reads; the autoscaler publishes replica counts; `monitor` is a read-only tool account.
+ACL = """\
+# EdgeBrokerProvider ACL: anything not granted here is denied.
+user preprocessor
+topic write edgeoffload/results/#
+topic readwrite edgeoffload/status/preprocessor
+
+user webserver
+topic read edgeoffload/results/#
+topic read edgeoffload/status/#
+
+user autoscaler
+topic readwrite edgeoffload/status/autoscaler
+
+user monitor
+topic read edgeoffload/#
+"""
+ROLES = ("preprocessor", "webserver", "autoscaler", "monitor")
+
+
+@dataclass(frozen=True, slots=True)
+class TLSFiles:
+    """Server certificate material for the optional TLS listener."""
+
+    cafile: str
+    certfile: str
+    keyfile: str
+    port: int = 8883
+
+
+def render_config(port: int, password_file: str, acl_file: str, data_dir: str | None,
+                  bind: str = "0.0.0.0", tls: TLSFiles | None = None) -> str:
+    """mosquitto.conf: explicit listeners, no anonymous access, password file, ACL, bounded queues."""
+    lines = [
+        "# Rendered by edgeoffload.broker.render_config: keep in sync by regenerating, not by hand.",
+        "per_listener_settings false",
+        "allow_anonymous false",
+        f"password_file {password_file}",
+        f"acl_file {acl_file}",
+        "# A frame record is small; refuse anything that is not (bytes; Mosquitto 2's message_size_limit).",
+        "max_packet_size 262144",
+        "# Defaults (1000 queued, 20 in flight) silently drop QoS 1 messages for slow subscribers.",
+        "max_queued_messages 100000",
+        "max_inflight_messages 100",
+        "max_keepalive 120",
+        "log_dest stdout",
+        "log_type error",
+        "log_type warning",
+        "log_type notice",
+        "connection_messages true",
+    ]
+    if data_dir:
+        lines += ["persistence true", f"persistence_location {data_dir.rstrip('/')}/", "autosave_interval 5"]
+    else:
+        lines += ["persistence false"]
+    lines += ["", f"listener {port} {bind}", "protocol mqtt"]
+    if tls:
+        lines += ["", f"listener {tls.port} {bind}", "protocol mqtt", f"cafile {tls.cafile}",
+                  f"certfile {tls.certfile}", f"keyfile {tls.keyfile}", "tls_version tlsv1.2"]
+    return "\n".join(lines) + "\n"
+
+
+def k8s_config() -> str:
+    """The mosquitto.conf shipped in EdgeBrokerProvider/ (paths inside the container)."""
+    return render_config(1883, f"{K8S_SECRET_DIR}/passwd", f"{K8S_CONFIG_DIR}/acl", f"{K8S_DATA_DIR}/")
+
+
+def hash_password(password: str, salt: bytes | None = None) -> str:
+    """A Mosquitto 2 password-file hash ($7$: PBKDF2-SHA512), no mosquitto_passwd needed."""
+    if not password:
+        raise ValueError("MQTT passwords must not be empty")
+    salt = salt or secrets.token_bytes(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, PASSWORD_ITERATIONS)
+    return f"$7${PASSWORD_ITERATIONS}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def password_file_text(users: dict[str, str]) -> str:
+    for name in users:
+        if not name or ":" in name or any(c.isspace() for c in name):
+            raise ValueError(f"invalid MQTT user name {name!r}")
+    return "".join(f"{name}:{hash_password(password)}\n" for name, password in users.items())
+
+
+def generate_users(roles: tuple[str, ...] = ROLES) -> dict[str, str]:
+    """Fresh random passwords for every role (local runs and tests)."""
+    return {role: secrets.token_urlsafe(18) for role in roles}
+
+
+def find_mosquitto() -> str | None:
+    return shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)), None)
+
+
+@dataclass
+class BrokerProcess:
+    """A running Mosquitto; users maps role -> password. restart() keeps port and persistence."""
+
+    host: str
+    port: int
+    users: dict[str, str]
+    workdir: Path
+    process: subprocess.Popen | None = None
+    tls: TLSFiles | None = None
+    _binary: str = field(default="", repr=False)
+    owns_workdir: bool = False
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "mosquitto.log"
+
+    def start(self, timeout: float = 10.0) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen([self._binary, "-c", str(self.workdir / "mosquitto.conf")],
+                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for_port(self.host, self.port, timeout, self.process, self.log_path)
+
+    def stop(self, kill: bool = False) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def restart(self, kill: bool = False) -> None:
+        self.stop(kill=kill)
+        self.start()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def __enter__(self) -> "BrokerProcess":
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+        if self.owns_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def start_broker(port: int | None = None, host: str = "127.0.0.1", users: dict[str, str] | None = None,
+                 workdir: str | Path | None = None, persistence: bool = True,
+                 tls: TLSFiles | None = None) -> BrokerProcess:
+    """Start a real Mosquitto configured like EdgeBrokerProvider on host:port (free port by default).
+
+    Started as root, Mosquitto drops to user `mosquitto`, so a given `workdir` must be
+    reachable by that user; the default (a fresh folder in the temp dir) always is.
+    """
+    binary = find_mosquitto()
+    if binary is None:
+        raise FileNotFoundError("mosquitto is not installed (Debian/Ubuntu: apt-get install mosquitto)")
+    from edgeoffload.serve import free_port
+
+    port = port or free_port(host)
+    owns_workdir = workdir is None
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="edgeoffload-broker-"))
+    (workdir / "data").mkdir(parents=True, exist_ok=True)
+    users = users or generate_users()
+    passwd, acl = workdir / "passwd", workdir / "acl"
+    passwd.write_text(password_file_text(users))
+    acl.write_text(ACL)
+    for path in (passwd, acl):
+        path.chmod(0o600)
+    _hand_to_broker_user(workdir)
+    config = render_config(port, str(passwd), str(acl), str(workdir / "data") if persistence else None, host, tls)
+    (workdir / "mosquitto.conf").write_text(config)
+    broker = BrokerProcess(host, port, users, workdir, tls=tls, _binary=binary, owns_workdir=owns_workdir)
+    broker.start()
+    return broker
+
+
+def _hand_to_broker_user(workdir: Path) -> None:
+    """Mosquitto started as root drops to user `mosquitto`; it must still read its files."""
+    if os.geteuid() != 0:
+        return
+    try:
+        import pwd
+
+        account = pwd.getpwnam("mosquitto")
+    except KeyError:
+        return
+    for path in [workdir, *workdir.rglob("*")]:
+        os.chown(path, account.pw_uid, account.pw_gid)
+
+
+def wait_for_port(host: str, port: int, timeout: float, process: subprocess.Popen, log_path: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"mosquitto exited with {process.returncode}: {log_path.read_text(errors='replace')[-2000:]}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"mosquitto did not listen on {host}:{port} within {timeout:.0f}s")
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    """`edgeoffload broker`: print the shipped config/ACL, make a password file, or run locally."""
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("config", help="print the Kubernetes mosquitto.conf")
+    sub.add_parser("acl", help="print the ACL file")
+    passwd = sub.add_parser("passwd", help="print a password file for USER=PASSWORD pairs")
+    passwd.add_argument("pairs", nargs="+", metavar="USER=PASSWORD")
+    run_parser = sub.add_parser("run", help="run a local broker until Ctrl-C")
+    run_parser.add_argument("--port", type=int, default=1883)
+    run_parser.add_argument("--host", default="127.0.0.1")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action == "config":
+        print(k8s_config(), end="")
+    elif args.action == "acl":
+        print(ACL, end="")
+    elif args.action == "passwd":
+        users = dict(_split_pair(pair) for pair in args.pairs)
+        print(password_file_text(users), end="")
+    else:
+        with start_broker(args.port, args.host) as broker:
+            print(f"mosquitto on mqtt://{broker.host}:{broker.port}")
+            for role, password in broker.users.items():
+                print(f"  {role}: {password}")
+            broker.process.wait()
+    return 0
+
+
+def _split_pair(pair: str) -> tuple[str, str]:
+    user, sep, password = pair.partition("=")
+    if not sep or not user or not password:
+        raise ValueError(f"expected USER=PASSWORD, got {pair!r}")
+    return user, password

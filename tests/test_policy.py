@@ -1,0 +1,168 @@
+from __future__ import annotations
+
+import math
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from edgeoffload.policy import (BUILTINS, Alternate, Deadline, EpsilonGreedy, MinLatency, Observation,
+                                Policy, QueueThreshold, RandomSplit, SiteState, as_policy, load_policy,
+                                predicted_completion_s)
+from edgeoffload.records import FrameRecord
+
+FAST_EDGE = SiteState(in_flight=0, replicas=1, service_s=0.02)
+BUSY_EDGE = SiteState(in_flight=10, replicas=1, service_s=0.05)
+CLOUD = SiteState(in_flight=0, replicas=4, service_s=0.01, rtt_s=0.04, uplink_bps=100e6)
+
+
+def obs(edge: SiteState = FAST_EDGE, cloud: SiteState = CLOUD, frame_id: int = 1,
+        deadline_s: float | None = None, frame_bytes: int = 50_000) -> Observation:
+    return Observation(now=0.0, camera="cam", frame_id=frame_id, frame_bytes=frame_bytes,
+                       deadline_s=deadline_s, edge=edge, cloud=cloud)
+
+
+def record(site: str, total_ms: float, frame_id: int, status: str = "ok") -> FrameRecord:
+    return FrameRecord(camera="cam", frame_id=frame_id, captured_at=0.0, site=site,  # type: ignore[arg-type]
+                       status=status, t_total_ms=total_ms)  # type: ignore[arg-type]
+
+
+def test_predicted_completion_adds_wait_transfer_rtt_service() -> None:
+    site = SiteState(in_flight=4, replicas=2, service_s=0.1, rtt_s=0.05, uplink_bps=8e6)
+    # wait 4/2*0.1=0.2, transfer 1e6 bytes*8/8e6=1.0, rtt 0.05, service 0.1
+    assert predicted_completion_s(site, 1_000_000) == pytest.approx(1.35)
+    assert math.isinf(predicted_completion_s(SiteState(healthy=False), 1))
+    assert math.isinf(predicted_completion_s(SiteState(replicas=0), 1))
+
+
+def test_every_builtin_loads_and_satisfies_the_protocol() -> None:
+    for name in BUILTINS:
+        policy = load_policy(name)
+        assert isinstance(policy, Policy)
+        assert isinstance(policy.estimate_to_cloud(obs()), bool)
+        policy.feedback(record("edge", 10.0, 1))
+
+
+def test_edge_only_and_cloud_only() -> None:
+    assert load_policy("edge-only").estimate_to_cloud(obs(edge=BUSY_EDGE)) is False
+    assert load_policy("cloud-only").estimate_to_cloud(obs()) is True
+
+
+def test_alternate_alternates_starting_on_edge() -> None:
+    policy = Alternate()
+    decisions = [policy.estimate_to_cloud(obs(frame_id=i)) for i in range(6)]
+    assert decisions == [False, True, False, True, False, True]
+
+
+def test_random_split_matches_probability_and_repeats_with_seed() -> None:
+    policy = load_policy("random:0.3")
+    assert policy.name == "random:0.3"
+    decisions = [policy.estimate_to_cloud(obs()) for _ in range(20_000)]
+    assert sum(decisions) / len(decisions) == pytest.approx(0.3, abs=0.015)
+    again = load_policy("random:0.3")
+    assert [again.estimate_to_cloud(obs()) for _ in range(20_000)] == decisions
+    with pytest.raises(ValueError, match="0 <= p <= 1"):
+        RandomSplit(1.5)
+
+
+def test_queue_threshold_offloads_at_k_per_replica() -> None:
+    policy = QueueThreshold(3)
+    assert not policy.estimate_to_cloud(obs(edge=SiteState(in_flight=5, replicas=2)))
+    assert policy.estimate_to_cloud(obs(edge=SiteState(in_flight=6, replicas=2)))
+    assert not policy.estimate_to_cloud(obs(edge=SiteState(in_flight=9), cloud=SiteState(healthy=False)))
+    assert policy.estimate_to_cloud(obs(edge=SiteState(healthy=False)))
+
+
+def test_min_latency_picks_the_lower_predicted_completion() -> None:
+    policy = MinLatency()
+    assert predicted_completion_s(FAST_EDGE, 50_000) < predicted_completion_s(CLOUD, 50_000)
+    assert policy.estimate_to_cloud(obs(edge=FAST_EDGE)) is False
+    assert predicted_completion_s(BUSY_EDGE, 50_000) > predicted_completion_s(CLOUD, 50_000)
+    assert policy.estimate_to_cloud(obs(edge=BUSY_EDGE)) is True
+    slow_link = SiteState(replicas=4, service_s=0.01, rtt_s=0.04, uplink_bps=0.5e6)  # 0.8 s to send 50 kB > 0.55 s on the busy edge
+    assert policy.estimate_to_cloud(obs(edge=BUSY_EDGE, cloud=slow_link)) is False
+
+
+def test_deadline_stays_on_edge_unless_it_would_miss() -> None:
+    policy = Deadline()
+    assert policy.estimate_to_cloud(obs(edge=FAST_EDGE, deadline_s=0.1)) is False
+    assert policy.estimate_to_cloud(obs(edge=BUSY_EDGE, deadline_s=0.1)) is True
+    # the edge misses, but the cloud would be even later: stay
+    assert policy.estimate_to_cloud(obs(edge=BUSY_EDGE, cloud=SiteState(healthy=False), deadline_s=0.1)) is False
+    # no per-frame deadline: the policy's default (0.2 s) applies
+    assert policy.estimate_to_cloud(obs(edge=SiteState(in_flight=1, service_s=0.09))) is False
+    assert load_policy("deadline:0.05").estimate_to_cloud(obs(edge=SiteState(in_flight=1, service_s=0.09)))
+
+
+def test_bandit_learns_the_faster_site_per_load_context() -> None:
+    policy = EpsilonGreedy(epsilon=0.0)
+    # untried arms are explored first
+    assert policy.estimate_to_cloud(obs(frame_id=1)) is False
+    policy.feedback(record("edge", 300.0, 1))
+    assert policy.estimate_to_cloud(obs(frame_id=2)) is True
+    policy.feedback(record("cloud", 80.0, 2))
+    assert policy.estimate_to_cloud(obs(frame_id=3)) is True   # cloud measured faster when edge idle
+    policy.feedback(record("cloud", 90.0, 3))
+    assert policy.mean_ms(0, True) == pytest.approx(85.0)
+    # failures count as a penalty, so a failing cloud is abandoned
+    for frame_id in range(4, 10):
+        policy.estimate_to_cloud(obs(frame_id=frame_id))
+        policy.feedback(record("cloud", 0.0, frame_id, status="error"))
+    assert policy.estimate_to_cloud(obs(frame_id=10)) is False
+
+
+def test_bandit_ignores_feedback_for_frames_it_did_not_decide() -> None:
+    policy = EpsilonGreedy(epsilon=0.0)
+    policy.feedback(record("cloud", 5.0, 99))
+    assert policy.mean_ms(0, True) is None
+
+
+def test_loader_accepts_module_attr_file_and_plain_function(tmp_path: Path) -> None:
+    policy_file = tmp_path / "mine.py"
+    policy_file.write_text(textwrap.dedent("""
+        def estimate_to_cloud(obs):
+            return obs.frame_bytes > 1000
+
+        class Learner:
+            name = "learner"
+            def __init__(self):
+                self.seen = []
+            def estimate_to_cloud(self, obs):
+                return True
+            def feedback(self, record):
+                self.seen.append(record.frame_id)
+    """))
+    function_policy = load_policy(f"{policy_file}:estimate_to_cloud")
+    assert function_policy.name == "estimate_to_cloud"
+    assert function_policy.estimate_to_cloud(obs(frame_bytes=2000)) is True
+    assert function_policy.estimate_to_cloud(obs(frame_bytes=10)) is False
+    function_policy.feedback(record("edge", 1.0, 1))  # accepted although the function cannot learn
+    learner = load_policy(f"{policy_file}:Learner")
+    learner.feedback(record("cloud", 1.0, 7))
+    assert learner.seen == [7]  # type: ignore[attr-defined]
+    assert load_policy("edgeoffload.policy:MinLatency").name == "min-latency"
+
+
+def test_as_policy_wraps_objects_without_feedback() -> None:
+    class NoFeedback:
+        def estimate_to_cloud(self, obs: Observation) -> bool:
+            return True
+
+    wrapped = as_policy(NoFeedback())
+    assert wrapped.name == "NoFeedback" and wrapped.estimate_to_cloud(obs())
+    with pytest.raises(ValueError, match="not a policy"):
+        as_policy(42)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("", "empty policy"),
+    ("nonsense", "unknown policy"),
+    ("random:abc", "takes a number"),
+    ("queue-threshold:0", "k > 0"),
+    ("no/such/file.py:f", "not found"),
+    ("edgeoffload.policy:Missing", "no attribute"),
+    ("no_such_module_xyz:f", "cannot import"),
+])
+def test_loader_errors_are_clear(spec: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        load_policy(spec)
