@@ -14,10 +14,10 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# Mosquitto is the real broker the tests and the demo use.
+# Mosquitto is the real broker the tests and the demo use; Chromium drives the page tests.
 system-deps:
-	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || { \
-	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq mosquitto; }
+	@{ command -v mosquitto || [ -x /usr/sbin/mosquitto ]; } >/dev/null 2>&1 && [ -x /usr/bin/chromedriver ] || { \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq mosquitto chromium chromium-driver; }
 
 demo: install system-deps
 	$(VENV)/bin/edgeoffload demo

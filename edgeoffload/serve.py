@@ -30,6 +30,8 @@ READY_PATHS: dict[str, str] = {
     "webserver": "/healthz",
 }
 GUNICORN_CONF = Path(__file__).resolve().parent / "units" / "gunicorn_conf.py"
+# These units keep per-process state (queues, policy, subscriptions, history): one worker, many threads.
+SINGLE_WORKER_UNITS = ("preprocessor", "webserver")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -48,6 +50,8 @@ def gunicorn_command(unit: str) -> list[str]:
 def exec_unit(unit: str) -> None:
     """Replace this process with gunicorn serving `unit` (container entry point)."""
     command = gunicorn_command(unit)
+    if unit in SINGLE_WORKER_UNITS:
+        os.environ.setdefault("WORKERS", "1")
     os.execv(command[0], command)
 
 
