@@ -1,0 +1,460 @@
+"""MQTT messaging (paho-mqtt 2.x, MQTT 5): frame records out, frame records and unit status in.
+
+Topics: every FrameRecord goes QoS 1 to `edgeoffload/results/<camera>`; each unit keeps one
+retained status message on `edgeoffload/status/<unit>`. Both clients use persistent
+sessions (clean_start False + a session expiry) so a broker restart neither loses QoS 1
+records in flight (paho re-sends every unacknowledged publish on reconnect, and queues new
+ones while the broker is away) nor drops what a subscriber missed while disconnected (the
+broker keeps its queue). QoS 1 is at-least-once: a message whose acknowledgement was lost
+in a restart arrives twice, so the Subscriber drops repeats of a (camera, frame_id,
+captured_at) it saw recently (an idempotent consumer) and counts them.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import secrets
+import socket
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edgeoffload.broker import RESULTS_TOPIC, STATUS_TOPIC
+from edgeoffload.records import FrameRecord
+
+log = logging.getLogger(__name__)
+
+_UNSAFE_TOPIC_CHARS = re.compile(r"[+#/\x00-\x1f\x7f]")
+MAX_TOPIC_LEVEL = 128
+
+
+@dataclass(frozen=True, slots=True)
+class MQTTSettings:
+    """Where and how to connect. TLS is used when `cafile` is set (client cert optional)."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = None
+    password: str | None = None
+    cafile: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    client_id: str = ""            # "" = a fresh unique id; set a stable one to resume a session
+    keepalive: int = 30
+    qos: int = 1
+    session_expiry_s: int = 3600   # how long the broker keeps our session while we are away
+    max_buffered: int = 10000      # outgoing messages held (in flight + waiting) before refusing
+    reconnect_min_s: float = 0.1
+    reconnect_max_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.qos not in (0, 1, 2):
+            raise ValueError(f"MQTT qos must be 0, 1 or 2, got {self.qos}")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"MQTT port must be 1..65535, got {self.port}")
+        if self.max_buffered < 1:
+            raise ValueError("MQTT max_buffered must be at least 1")
+
+
+def sanitise_topic_level(name: str) -> str:
+    """One safe topic level: wildcards, separators and control characters become '_'."""
+    cleaned = _UNSAFE_TOPIC_CHARS.sub("_", name)[:MAX_TOPIC_LEVEL]
+    return cleaned or "_"
+
+
+def topic_for(camera: str) -> str:
+    """The results topic of one camera."""
+    return f"{RESULTS_TOPIC}/{sanitise_topic_level(camera)}"
+
+
+def status_topic(unit: str) -> str:
+    """The retained status topic of one unit."""
+    return f"{STATUS_TOPIC}/{sanitise_topic_level(unit)}"
+
+
+def default_client_id(role: str) -> str:
+    """Unique per client: two clients sharing an id (e.g. two gunicorn workers) keep kicking each
+    other off. Set MQTTSettings.client_id to a stable id to resume a session after a restart."""
+    return f"edgeoffload-{role}-{socket.gethostname()[:32]}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def _new_client(settings: MQTTSettings, role: str) -> mqtt.Client:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=settings.client_id or default_client_id(role),
+                         protocol=mqtt.MQTTv5)
+    if settings.username:
+        client.username_pw_set(settings.username, settings.password)
+    if settings.cafile:
+        client.tls_set(ca_certs=settings.cafile, certfile=settings.certfile, keyfile=settings.keyfile)
+    # paho doubles the delay per failed attempt up to the cap; fractional seconds work.
+    client.reconnect_delay_set(min_delay=settings.reconnect_min_s, max_delay=settings.reconnect_max_s)  # type: ignore[arg-type]
+    client.max_queued_messages_set(settings.max_buffered)
+    return client
+
+
+def _connect_properties(settings: MQTTSettings) -> Properties:
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = settings.session_expiry_s
+    return props
+
+
+def _disconnect(client: mqtt.Client, settings: MQTTSettings) -> None:
+    """Disconnect; a generated client id can never resume its session, so end it now rather
+    than leave the broker queueing messages for it until the session expires."""
+    properties = None
+    if not settings.client_id:
+        properties = Properties(PacketTypes.DISCONNECT)
+        properties.SessionExpiryInterval = 0
+    client.disconnect(properties=properties)
+    client.loop_stop()
+
+
+def _start(client: mqtt.Client, settings: MQTTSettings) -> None:
+    """Connect in the background: the network thread retries (with backoff) until the broker answers."""
+    client.connect_async(settings.host, settings.port, keepalive=settings.keepalive, clean_start=False,
+                         properties=_connect_properties(settings))
+    client.loop_start()
+
+
+class _Connection:
+    """Connection state shared by Publisher and Subscriber: an event plus the last refusal."""
+
+    def __init__(self) -> None:
+        self.connected = threading.Event()
+        self.last_error = ""
+        self.connects = 0
+
+    def on_connect(self, reason_code: Any) -> bool:
+        if reason_code.is_failure:
+            self.last_error = f"connection refused: {reason_code}"
+            log.warning("MQTT %s", self.last_error)
+            return False
+        self.connects += 1
+        self.last_error = ""
+        self.connected.set()
+        return True
+
+    def on_disconnect(self, reason_code: Any) -> None:
+        was_connected = self.connected.is_set()
+        self.connected.clear()
+        # After a refused CONNACK paho reports a disconnect too; keep the refusal as the error.
+        if was_connected and reason_code is not None and getattr(reason_code, "is_failure", False):
+            self.last_error = f"disconnected: {reason_code}"
+            log.warning("MQTT %s; reconnecting", self.last_error)
+
+
+@dataclass
+class PublisherStats:
+    """Counters of a Publisher; `buffered` = published but not yet acknowledged by the broker."""
+
+    published: int = 0   # handed to the client
+    acked: int = 0       # acknowledged by the broker (PUBACK success)
+    denied: int = 0      # acknowledged with a failure reason (e.g. not authorised by the ACL)
+    dropped: int = 0     # refused because the outgoing buffer was full
+    buffered: int = 0
+
+
+class Publisher:
+    """QoS 1 publisher of FrameRecords and retained unit status, with a bounded outgoing buffer.
+
+    While the broker is away paho keeps QoS 1 messages (up to `max_buffered`) and re-sends
+    them with the unacknowledged ones once it reconnects, so a restart loses nothing;
+    past the bound, publish() refuses and counts the drop instead of growing without limit.
+    """
+
+    def __init__(self, settings: MQTTSettings, unit: str = "preprocessor",
+                 online_status: dict[str, Any] | None = None) -> None:
+        """`online_status`, if given, is published (retained, state "online") on every connect:
+        the broker publishes the retained "offline" will when the connection drops uncleanly."""
+        self.settings = settings
+        self.unit = unit
+        self._online_status = online_status
+        self._connection = _Connection()
+        self._lock = threading.Condition()
+        self._pending: set[int] = set()
+        self._acked_early: set[int] = set()
+        self._stats = PublisherStats()
+        self._client = _new_client(settings, unit)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_publish = self._on_publish
+        offline = json.dumps({"unit": unit, "state": "offline"})
+        self._client.will_set(status_topic(unit), offline, qos=1, retain=True)
+        self._started = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> "Publisher":
+        if not self._started:
+            _start(self._client, self.settings)
+            self._started = True
+        return self
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connection.connected.wait(timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self._connection.connected.is_set()
+
+    @property
+    def last_error(self) -> str:
+        return self._connection.last_error
+
+    def close(self, flush_timeout: float = 5.0, offline_status: dict[str, Any] | None = None) -> bool:
+        """Flush, announce `offline` (retained) and disconnect; False if records were still pending."""
+        if not self._started:
+            return True
+        if offline_status is not None and self.connected:
+            self.publish_status({"state": "offline", **offline_status})
+        flushed = self.flush(flush_timeout)
+        _disconnect(self._client, self.settings)
+        self._started = False
+        return flushed
+
+    def __enter__(self) -> "Publisher":
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # -- publishing ------------------------------------------------------------------------
+    def publish_record(self, record: FrameRecord) -> bool:
+        """Queue one record for `edgeoffload/results/<camera>`; False when the buffer is full."""
+        return self.publish(topic_for(record.camera), record.to_json())
+
+    def publish_status(self, status: dict[str, Any]) -> bool:
+        """Replace this unit's retained status message."""
+        payload = json.dumps({"unit": self.unit, "time": time.time(), **status}, separators=(",", ":"))
+        return self.publish(status_topic(self.unit), payload, retain=True)
+
+    def publish(self, topic: str, payload: str | bytes, retain: bool = False) -> bool:
+        info = self._client.publish(topic, payload, qos=self.settings.qos, retain=retain)
+        with self._lock:
+            if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+                self._stats.dropped += 1
+                log.warning("MQTT outgoing buffer full (%d): dropped a message for %s",
+                            self.settings.max_buffered, topic)
+                return False
+            self._stats.published += 1
+            if self.settings.qos == 0:
+                return info.rc == mqtt.MQTT_ERR_SUCCESS
+            # NO_CONN is fine for QoS > 0: paho keeps the message and sends it on reconnect.
+            if info.mid in self._acked_early:
+                self._acked_early.discard(info.mid)
+            else:
+                self._pending.add(info.mid)
+            return True
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every QoS 1 publish so far is acknowledged; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._pending:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._lock.wait(remaining)
+        return True
+
+    def stats(self) -> PublisherStats:
+        with self._lock:
+            return PublisherStats(self._stats.published, self._stats.acked, self._stats.denied,
+                                  self._stats.dropped, len(self._pending))
+
+    # -- paho callbacks (network thread) ---------------------------------------------------
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if self._connection.on_connect(reason_code):
+            log.info("MQTT publisher %s connected to %s:%d (session present: %s)", self.unit,
+                     self.settings.host, self.settings.port, flags.session_present)
+            if self._online_status is not None:
+                self.publish_status({"state": "online", **self._online_status})
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        self._connection.on_disconnect(reason_code)
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+        # Runs under paho's outgoing-message lock: only touch our own state here.
+        with self._lock:
+            if reason_code.is_failure:
+                self._stats.denied += 1
+                log.warning("MQTT broker refused message %d: %s", mid, reason_code)
+            else:
+                self._stats.acked += 1
+            if mid in self._pending:
+                self._pending.discard(mid)
+                if not self._pending:
+                    self._lock.notify_all()
+            else:  # acknowledged before publish() got to record the mid
+                self._acked_early.add(mid)
+
+
+RecordCallback = Callable[[str, FrameRecord], None]
+StatusCallback = Callable[[str, dict[str, Any]], None]
+MalformedCallback = Callable[[str, bytes, str], None]
+
+
+@dataclass
+class SubscriberStats:
+    received: int = 0
+    malformed: int = 0
+    callback_errors: int = 0
+    duplicates: int = 0  # QoS 1 redeliveries dropped before the callback
+    refused_subscriptions: list[str] = field(default_factory=list)
+
+
+class Subscriber:
+    """Receives FrameRecords (results topics) and status objects (status topics).
+
+    Subscriptions are (re)made in on_connect, so they survive reconnects; a payload that is
+    not a valid record/status object is reported to `on_malformed` and counted, never raised
+    into the network thread, and so is an exception from a user callback. Records already seen
+    among the last `dedupe_window` are dropped (QoS 1 may redeliver); 0 turns that off.
+    """
+
+    def __init__(self, settings: MQTTSettings, topics: Sequence[str] = (f"{RESULTS_TOPIC}/#",),
+                 on_record: RecordCallback | None = None, on_status: StatusCallback | None = None,
+                 on_malformed: MalformedCallback | None = None, role: str = "subscriber",
+                 dedupe_window: int = 65536) -> None:
+        self.settings = settings
+        self.topics = list(topics)
+        self._on_record = on_record
+        self._on_status = on_status
+        self._on_malformed = on_malformed
+        self._connection = _Connection()
+        self._subscribed = threading.Event()
+        self._lock = threading.Lock()
+        self._stats = SubscriberStats()
+        self._dedupe_window = dedupe_window
+        self._seen: OrderedDict[tuple[str, int, float], None] = OrderedDict()
+        self._client = _new_client(settings, role)
+        self._client.on_connect = self._handle_connect
+        self._client.on_disconnect = self._handle_disconnect
+        self._client.on_subscribe = self._handle_subscribe
+        self._client.on_message = self._handle_message
+        self._started = False
+
+    def start(self) -> "Subscriber":
+        if not self._started:
+            _start(self._client, self.settings)
+            self._started = True
+        return self
+
+    def wait_subscribed(self, timeout: float) -> bool:
+        """True once the broker acknowledged the subscriptions of the current connection."""
+        return self._subscribed.wait(timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self._connection.connected.is_set()
+
+    @property
+    def last_error(self) -> str:
+        return self._connection.last_error
+
+    def stats(self) -> SubscriberStats:
+        with self._lock:
+            return SubscriberStats(self._stats.received, self._stats.malformed, self._stats.callback_errors,
+                                   self._stats.duplicates, list(self._stats.refused_subscriptions))
+
+    def close(self) -> None:
+        if self._started:
+            _disconnect(self._client, self.settings)
+            self._started = False
+
+    def __enter__(self) -> "Subscriber":
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # -- paho callbacks (network thread) ---------------------------------------------------
+    def _handle_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if not self._connection.on_connect(reason_code):
+            return
+        self._subscribed.clear()
+        if self.topics:
+            client.subscribe([(topic, self.settings.qos) for topic in self.topics])
+
+    def _handle_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        self._subscribed.clear()
+        self._connection.on_disconnect(reason_code)
+
+    def _handle_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
+        refused = [topic for topic, code in zip(self.topics, reason_codes) if code.is_failure]
+        with self._lock:
+            self._stats.refused_subscriptions = refused
+        if refused:
+            log.warning("MQTT broker refused subscription(s) %s for user %s", refused, self.settings.username)
+        else:
+            self._subscribed.set()
+
+    def _handle_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        topic, payload = message.topic, message.payload
+        with self._lock:
+            self._stats.received += 1
+        try:
+            self._dispatch(topic, payload)
+        except ValueError as exc:
+            self._report_malformed(topic, payload, str(exc))
+        except Exception:  # a consumer bug must not kill the network thread
+            with self._lock:
+                self._stats.callback_errors += 1
+            log.exception("MQTT message callback failed for %s", topic)
+
+    def _dispatch(self, topic: str, payload: bytes) -> None:
+        if topic.startswith(RESULTS_TOPIC + "/"):
+            record = FrameRecord.from_json(payload)
+            if self._is_repeat(record):
+                return
+            if self._on_record:
+                self._on_record(topic, record)
+        elif topic.startswith(STATUS_TOPIC + "/"):
+            status = _json_object(payload)
+            if self._on_status:
+                self._on_status(topic, status)
+        else:
+            raise ValueError(f"unexpected topic {topic!r}")
+
+    def _is_repeat(self, record: FrameRecord) -> bool:
+        if self._dedupe_window <= 0:
+            return False
+        key = (record.camera, record.frame_id, record.captured_at)
+        with self._lock:
+            if key in self._seen:
+                self._stats.duplicates += 1
+                return True
+            self._seen[key] = None
+            if len(self._seen) > self._dedupe_window:
+                self._seen.popitem(last=False)
+        return False
+
+    def _report_malformed(self, topic: str, payload: bytes, error: str) -> None:
+        with self._lock:
+            self._stats.malformed += 1
+        log.warning("MQTT malformed message on %s: %s", topic, error)
+        if self._on_malformed:
+            try:
+                self._on_malformed(topic, payload, error)
+            except Exception:
+                log.exception("MQTT on_malformed callback failed")
+
+
+def _json_object(payload: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(payload)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"status is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ValueError("status must be a JSON object")
+    return value
+
+
+__all__ = ["MQTTSettings", "Publisher", "PublisherStats", "Subscriber", "SubscriberStats",
+           "topic_for", "status_topic", "sanitise_topic_level", "default_client_id"]

@@ -1,0 +1,502 @@
+"""The offloading engine of the EdgePreprocessorUnit.
+
+For every frame: build an Observation from live measurements of both sites, ask the policy,
+put the frame on the chosen site's bounded queue (the oldest frame is dropped when it is
+full), send it from a dispatcher thread over a keep-alive HTTP connection, fail over to the
+other site once if the chosen one errors or times out, and emit exactly one FrameRecord.
+
+Every time is taken from one monotonic clock in this process: t_total_ms runs from the
+frame's arrival to its answer; t_inference_ms is what the inference unit reports;
+t_network_ms is the answering request's round trip minus that; t_queue_ms is the rest
+(preprocessing, waiting in the site queue, a failed first attempt).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from edgeoffload.policy import Observation, Policy, SiteState
+from edgeoffload.records import Detection, FrameRecord
+
+log = logging.getLogger(__name__)
+
+EDGE, CLOUD = "edge", "cloud"
+OTHER_SITE = {EDGE: CLOUD, CLOUD: EDGE}
+Box = tuple[float, float, float, float]
+
+
+def identity_box(box: Box) -> Box:
+    """Box mapping for frames sent at their captured size."""
+    return box
+
+
+@dataclass(frozen=True, slots=True)
+class SiteConfig:
+    """One inference site and the initial estimates used until it has answered."""
+
+    name: str
+    url: str
+    replicas: int = 1
+    queue_size: int = 8
+    workers: int = 2
+    timeout_s: float = 5.0
+    service_s: float = 0.08
+    rtt_s: float = 0.0
+    uplink_bps: float = math.inf
+    estimate_uplink: bool = False   # learn bandwidth from transfer times (the WAN site)
+
+    def __post_init__(self) -> None:
+        if self.name not in (EDGE, CLOUD):
+            raise ValueError(f"site name must be edge or cloud, got {self.name!r}")
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"{self.name} url must start with http:// or https://, got {self.url!r}")
+        for name in ("replicas", "queue_size", "workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{self.name} {name} must be >= 1")
+        if not self.timeout_s > 0:
+            raise ValueError(f"{self.name} timeout_s must be > 0")
+
+
+class SiteMonitor:
+    """Live estimate of one site, as a policy sees it (SiteState), from the answers it gives.
+
+    in_flight counts frames committed to the site and not answered yet: those waiting in our
+    queue for it plus those being served. Service time is the EWMA of the reported
+    inference_ms; network time is round trip minus that. On a WAN site the round-trip floor
+    (minimum of recent network times) is the RTT and the excess over it, per byte, the
+    uplink bandwidth. The site is unhealthy when its ready probe fails or after
+    `failure_threshold` consecutive failed requests.
+    """
+
+    def __init__(self, config: SiteConfig, alpha: float = 0.2, failure_threshold: int = 3,
+                 floor_window: int = 32) -> None:
+        if not 0 < alpha <= 1:
+            raise ValueError(f"EWMA alpha must be in (0, 1], got {alpha}")
+        self.config = config
+        self._alpha = alpha
+        self._failure_threshold = failure_threshold
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._service_s = config.service_s
+        self._network_s = config.rtt_s
+        self._rtt_s = config.rtt_s
+        self._uplink_bps = config.uplink_bps
+        self._recent_network: deque[float] = deque(maxlen=floor_window)
+        self._ready = True  # optimistic until the first probe says otherwise
+        self._consecutive_failures = 0
+        self.answered = 0
+        self.failed = 0
+        self.last_error = ""
+
+    def reserve(self) -> None:
+        with self._lock:
+            self._in_flight += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
+    def record_answer(self, inference_s: float, round_trip_s: float, bytes_sent: int) -> None:
+        network_s = max(0.0, round_trip_s - inference_s)
+        with self._lock:
+            self.answered += 1
+            self._consecutive_failures = 0
+            self._service_s = self._ewma(self._service_s, inference_s)
+            self._network_s = self._ewma(self._network_s, network_s)
+            self._recent_network.append(network_s)
+            if not self.config.estimate_uplink:
+                self._rtt_s = self._network_s
+                return
+            self._rtt_s = min(self._recent_network)
+            excess = network_s - self._rtt_s
+            if excess > 0.0005 and bytes_sent > 0:  # below ~0.5 ms the excess is timer noise
+                sample = bytes_sent * 8 / excess
+                self._uplink_bps = sample if math.isinf(self._uplink_bps) else self._ewma(self._uplink_bps, sample)
+
+    def record_failure(self, reason: str) -> None:
+        with self._lock:
+            self.failed += 1
+            self._consecutive_failures += 1
+            self.last_error = reason
+
+    def set_ready(self, ready: bool, reason: str = "") -> None:
+        """Result of a ready probe: a site answering it gets another chance."""
+        with self._lock:
+            self._ready = ready
+            if ready:
+                self._consecutive_failures = 0
+            else:
+                self.last_error = reason or "not ready"
+
+    def snapshot(self) -> SiteState:
+        with self._lock:
+            healthy = self._ready and self._consecutive_failures < self._failure_threshold
+            return SiteState(in_flight=max(0, self._in_flight), replicas=self.config.replicas,
+                             service_s=self._service_s, rtt_s=self._rtt_s, uplink_bps=self._uplink_bps,
+                             healthy=healthy)
+
+    def describe(self) -> dict[str, Any]:
+        state = asdict(self.snapshot())
+        if math.isinf(state["uplink_bps"]):
+            state["uplink_bps"] = None  # JSON has no infinity
+        with self._lock:
+            state.update(url=self.config.url, ready=self._ready, answered=self.answered, failed=self.failed,
+                         consecutive_failures=self._consecutive_failures, last_error=self.last_error)
+        return state
+
+    def _ewma(self, old: float, sample: float) -> float:
+        return old + self._alpha * (sample - old)
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceAnswer:
+    model: str
+    detections: tuple[Detection, ...]
+    inference_s: float
+
+
+class InferenceFailure(Exception):
+    """A request to a site failed; `retryable` says whether the other site may succeed."""
+
+    def __init__(self, kind: str, detail: str, retryable: bool) -> None:
+        super().__init__(f"{kind}: {detail}" if detail else kind)
+        self.kind = kind
+        self.retryable = retryable
+
+
+def new_session(pool_size: int = 1) -> requests.Session:
+    """A keep-alive session; each dispatcher thread owns one (a Session is not thread-safe)."""
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def post_frame(session: requests.Session, base_url: str, payload: bytes, timeout_s: float,
+               content_type: str = "image/jpeg") -> InferenceAnswer:
+    """POST one encoded frame to a site's /infer and parse its answer (boxes in sent pixels)."""
+    try:
+        response = session.post(base_url.rstrip("/") + "/infer", data=payload,
+                                headers={"Content-Type": content_type}, timeout=timeout_s)
+    except requests.Timeout:
+        raise InferenceFailure("timeout", f"no answer within {timeout_s:g}s", retryable=True) from None
+    except requests.RequestException as exc:
+        raise InferenceFailure("connection", type(exc).__name__, retryable=True) from None
+    if response.status_code != 200:
+        detail = _error_detail(response)
+        # 503 (overloaded/not ready) and other 5xx are the site's problem; 4xx is the frame's.
+        retryable = response.status_code >= 500
+        raise InferenceFailure(f"http_{response.status_code}", detail, retryable=retryable)
+    try:
+        body = response.json()
+        detections = tuple(Detection.from_dict(d) for d in body.get("detections", []))
+        return InferenceAnswer(model=str(body.get("model", "")), detections=detections,
+                               inference_s=max(0.0, float(body["inference_ms"])) / 1000.0)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise InferenceFailure("bad_response", str(exc)[:200], retryable=True) from None
+
+
+def _error_detail(response: requests.Response) -> str:
+    try:
+        body = response.json()
+        if isinstance(body, dict) and "error" in body:
+            return str(body["error"])[:200]
+    except ValueError:
+        pass
+    return response.text[:200]
+
+
+@dataclass(eq=False)
+class FrameJob:
+    """One accepted frame on its way through the engine; `wait()` returns its record."""
+
+    camera: str
+    frame_id: int
+    captured_at: float                 # wall clock, for humans; latency uses `arrived`
+    arrived: float                     # monotonic instant the frame reached the preprocessor
+    payload: bytes
+    deadline_s: float | None = None
+    to_original: Callable[[Box], Box] = identity_box
+    content_type: str = "image/jpeg"
+    site: str = ""                     # the site whose queue/worker holds it
+    failover_from: str = ""
+    bytes_sent: int = 0
+    record: FrameRecord | None = None
+    _done: threading.Event = field(default_factory=threading.Event, repr=False)
+    _claim: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def wait(self, timeout: float | None = None) -> FrameRecord | None:
+        self._done.wait(timeout)
+        return self.record
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+
+class SiteQueue:
+    """Bounded FIFO; putting into a full queue evicts (and returns) the oldest frame."""
+
+    def __init__(self, size: int) -> None:
+        self._items: deque[FrameJob] = deque()
+        self._size = size
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def put(self, job: FrameJob) -> FrameJob | None:
+        with self._cond:
+            evicted = self._items.popleft() if len(self._items) >= self._size else None
+            self._items.append(job)
+            self._cond.notify()
+            return evicted
+
+    def get(self) -> FrameJob | None:
+        """The next frame; None once the queue is closed and empty."""
+        with self._cond:
+            while not self._items and not self._closed:
+                self._cond.wait()
+            return self._items.popleft() if self._items else None
+
+    def drain(self) -> list[FrameJob]:
+        with self._cond:
+            items = list(self._items)
+            self._items.clear()
+            return items
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._items)
+
+
+RecordSink = Callable[[FrameRecord], None]
+
+
+class Offloader:
+    """Decides, queues, dispatches and accounts for frames; `sink` gets every record once.
+
+    Policy calls (decision and feedback) are serialised by one lock, so policies need not be
+    thread-safe; the decision and the in-flight reservation happen together, so the next
+    decision already sees this frame.
+    """
+
+    def __init__(self, policy: Policy, edge: SiteConfig, cloud: SiteConfig, sink: RecordSink,
+                 ewma_alpha: float = 0.2, health_interval_s: float = 2.0, drop_expired: bool = False,
+                 on_decision: Callable[[str], None] | None = None) -> None:
+        self.policy = policy
+        self.configs = {EDGE: edge, CLOUD: cloud}
+        self.monitors = {name: SiteMonitor(cfg, ewma_alpha) for name, cfg in self.configs.items()}
+        self.queues = {name: SiteQueue(cfg.queue_size) for name, cfg in self.configs.items()}
+        self._sink = sink
+        self._on_decision = on_decision
+        self._policy_lock = threading.Lock()
+        self._health_interval_s = health_interval_s
+        self._drop_expired = drop_expired
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._open_jobs = 0
+        self._open_cond = threading.Condition()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> "Offloader":
+        for name, cfg in self.configs.items():
+            for index in range(cfg.workers):
+                self._spawn(f"dispatch-{name}-{index}", self._dispatch_loop, name)
+        if self._health_interval_s > 0:
+            self._spawn("site-health", self._health_loop)
+        return self
+
+    def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def close(self, drain_timeout_s: float = 10.0) -> None:
+        """Let queued frames finish (up to the timeout), then record the rest as dropped."""
+        self.wait_idle(drain_timeout_s)
+        self._stopping.set()
+        for name, queue in self.queues.items():
+            for job in queue.drain():
+                self.monitors[name].release()
+                self._finish(job, "dropped", name, "shutdown")
+            queue.close()
+        for thread in self._threads:
+            thread.join(timeout=max(cfg.timeout_s for cfg in self.configs.values()) + 1)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """True once every submitted frame has its record."""
+        deadline = time.monotonic() + timeout
+        with self._open_cond:
+            while self._open_jobs:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._open_cond.wait(remaining)
+        return True
+
+    # -- frames in -------------------------------------------------------------------------
+    def observe(self, camera: str, frame_id: int, frame_bytes: int, deadline_s: float | None) -> Observation:
+        return Observation(now=time.monotonic(), camera=camera, frame_id=frame_id, frame_bytes=frame_bytes,
+                           deadline_s=deadline_s, edge=self.monitors[EDGE].snapshot(),
+                           cloud=self.monitors[CLOUD].snapshot())
+
+    def submit(self, job: FrameJob) -> FrameJob:
+        """Decide where `job` goes and queue it; returns at once (the record comes later)."""
+        with self._open_cond:
+            self._open_jobs += 1
+        if self._stopping.is_set():
+            self._finish(job, "dropped", "none", "shutdown")
+            return job
+        try:
+            with self._policy_lock:
+                observation = self.observe(job.camera, job.frame_id, len(job.payload), job.deadline_s)
+                site = CLOUD if self.policy.estimate_to_cloud(observation) else EDGE
+                self.monitors[site].reserve()
+        except Exception as exc:  # a broken user policy fails the frame, not the service
+            log.exception("policy %s failed", getattr(self.policy, "name", "?"))
+            self._finish(job, "error", "none", f"policy_error: {type(exc).__name__}: {exc}"[:300])
+            return job
+        if self._on_decision:
+            self._on_decision(site)
+        self._enqueue(job, site)
+        return job
+
+    def reject(self, job: FrameJob, reason: str) -> FrameRecord:
+        """Account for a frame refused before any decision (e.g. it does not decode)."""
+        with self._open_cond:
+            self._open_jobs += 1
+        self._finish(job, "error", "none", reason)
+        assert job.record is not None
+        return job.record
+
+    def _enqueue(self, job: FrameJob, site: str) -> None:
+        """Queue on `site` (already reserved there); a full queue drops its oldest frame."""
+        job.site = site
+        evicted = self.queues[site].put(job)
+        if evicted is not None:
+            self.monitors[site].release()
+            self._finish(evicted, "dropped", site, "queue_full")
+
+    # -- dispatch --------------------------------------------------------------------------
+    def _dispatch_loop(self, site: str) -> None:
+        config, monitor, queue = self.configs[site], self.monitors[site], self.queues[site]
+        session = new_session()
+        try:
+            while (job := queue.get()) is not None:
+                if self._drop_expired and job.deadline_s is not None and \
+                        time.monotonic() - job.arrived > job.deadline_s:
+                    monitor.release()
+                    self._finish(job, "dropped", site, "deadline_expired")
+                    continue
+                self._serve(job, site, config, monitor, session)
+        finally:
+            session.close()
+
+    def _serve(self, job: FrameJob, site: str, config: SiteConfig, monitor: SiteMonitor,
+               session: requests.Session) -> None:
+        sent_at = time.monotonic()
+        job.bytes_sent += len(job.payload)
+        try:
+            answer = post_frame(session, config.url, job.payload, config.timeout_s, job.content_type)
+        except InferenceFailure as failure:
+            monitor.release()
+            if failure.retryable:
+                monitor.record_failure(str(failure))
+            self._on_failure(job, site, failure)
+            return
+        round_trip = time.monotonic() - sent_at
+        monitor.release()
+        monitor.record_answer(answer.inference_s, round_trip, len(job.payload))
+        reason = f"failover:{job.failover_from}->{site}" if job.failover_from else ""
+        self._finish(job, "ok", site, reason, answer, max(0.0, round_trip - answer.inference_s))
+
+    def _on_failure(self, job: FrameJob, site: str, failure: InferenceFailure) -> None:
+        prefix = f"failover:{job.failover_from}->{site}; " if job.failover_from else ""
+        if failure.retryable and not job.failover_from and not self._stopping.is_set():
+            other = OTHER_SITE[site]
+            log.info("frame %s/%d: %s failed (%s), failing over to %s", job.camera, job.frame_id, site, failure, other)
+            job.failover_from = site
+            self.monitors[other].reserve()
+            self._enqueue(job, other)
+            return
+        self._finish(job, "error", site, f"{prefix}{site}: {failure}"[:300])
+
+    def _health_loop(self) -> None:
+        session = new_session()
+        try:
+            while not self._stopping.wait(self._health_interval_s):
+                for name, config in self.configs.items():
+                    self.monitors[name].set_ready(*probe_ready(session, config.url))
+        finally:
+            session.close()
+
+    # -- records out -----------------------------------------------------------------------
+    def _finish(self, job: FrameJob, status: str, site: str, reason: str,
+                answer: InferenceAnswer | None = None, network_s: float = 0.0) -> None:
+        """Build the frame's one record, feed it to the policy and the sink (first call wins)."""
+        if not job._claim.acquire(blocking=False):
+            log.error("frame %s/%d finished twice (%s); second outcome ignored", job.camera, job.frame_id, status)
+            return
+        total_ms = (time.monotonic() - job.arrived) * 1000.0
+        inference_ms = answer.inference_s * 1000.0 if answer else 0.0
+        network_ms = network_s * 1000.0
+        deadline_met = None if job.deadline_s is None else (status == "ok" and total_ms <= job.deadline_s * 1000.0)
+        record = FrameRecord(
+            camera=job.camera, frame_id=job.frame_id, captured_at=job.captured_at, site=site,  # type: ignore[arg-type]
+            status=status, reason=reason, policy=getattr(self.policy, "name", ""),  # type: ignore[arg-type]
+            model=answer.model if answer else "",
+            detections=tuple(Detection(d.label, d.score, job.to_original(d.box)) for d in answer.detections)
+            if answer else (),
+            bytes_sent=job.bytes_sent, t_queue_ms=max(0.0, total_ms - network_ms - inference_ms),
+            t_network_ms=network_ms, t_inference_ms=inference_ms, t_total_ms=total_ms, deadline_met=deadline_met)
+        job.record = record
+        try:
+            with self._policy_lock:
+                self.policy.feedback(record)
+        except Exception:
+            log.exception("policy feedback failed for frame %s/%d", job.camera, job.frame_id)
+        try:
+            self._sink(record)
+        except Exception:
+            log.exception("record sink failed for frame %s/%d", job.camera, job.frame_id)
+        job._done.set()
+        with self._open_cond:
+            self._open_jobs -= 1
+            if not self._open_jobs:
+                self._open_cond.notify_all()
+
+    def state(self) -> dict[str, Any]:
+        """JSON-friendly snapshot of both sites (what /api/state serves)."""
+        sites = {}
+        for name, monitor in self.monitors.items():
+            sites[name] = {**monitor.describe(), "queued": len(self.queues[name]),
+                           "queue_size": self.configs[name].queue_size}
+        with self._open_cond:
+            open_jobs = self._open_jobs
+        return {"policy": getattr(self.policy, "name", ""), "open_frames": open_jobs, **sites}
+
+
+def probe_ready(session: requests.Session, base_url: str, timeout_s: float = 1.0) -> tuple[bool, str]:
+    """(ready, reason) from a site's KServe-v2 ready endpoint."""
+    try:
+        response = session.get(base_url.rstrip("/") + "/v2/health/ready", timeout=timeout_s)
+    except requests.RequestException as exc:
+        return False, f"ready probe: {type(exc).__name__}"
+    return (True, "") if response.status_code == 200 else (False, f"ready probe: HTTP {response.status_code}")
+
+
+__all__ = ["EDGE", "CLOUD", "identity_box", "SiteConfig", "SiteMonitor", "InferenceAnswer", "InferenceFailure", "FrameJob",
+           "SiteQueue", "Offloader", "post_frame", "probe_ready", "new_session"]

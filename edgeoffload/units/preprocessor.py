@@ -1,0 +1,383 @@
+"""EdgePreprocessorUnit: frames in, one offloading decision and one FrameRecord per frame out.
+
+Routes:
+  POST /process?camera=ID[&frame_id=N][&wait=1]
+                         frame bytes (Content-Type image/*). 202 {"camera","frame_id"} once
+                         accepted; with wait=1, 200 and the frame's FrameRecord when it is done.
+                         400 bad camera id / undecodable frame (an error record is still
+                         published for an accepted frame), 413 too large, 415 not image/*.
+  GET  /api/state        JSON snapshot of both sites as the policy sees them, queues, MQTT, sources
+  GET  /v2/health/live   200 while the process runs
+  GET  /v2/health/ready  200 once the MQTT publisher is connected, else 503
+  GET  /metrics          Prometheus text format
+Frames also come from built-in sources (PRE_SOURCES, see edgeoffload.sources).
+
+Each frame is decoded, downscaled (or letterboxed) for the model, re-encoded as JPEG, and
+handed to the offloading engine (edgeoffload.offload), which asks the policy, dispatches
+and publishes the record QoS 1 to `edgeoffload/results/<camera>`.
+
+Queues, estimates and policy state live in the worker process: run ONE gunicorn worker with
+several threads (WORKERS=1, THREADS=8, the unit's default in its manifest); several workers
+would each keep their own view of the sites and split the policy's learning.
+"""
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import numpy as np
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from edgeoffload import metrics
+from edgeoffload.config import ConfigError, load_config
+from edgeoffload.frames import DEFAULT_MAX_PIXELS, FrameError, decode, encode_jpeg, fit_within, is_image_type, letterbox
+from edgeoffload.messaging import MQTTSettings, Publisher
+from edgeoffload.offload import CLOUD, EDGE, Box, FrameJob, Offloader, SiteConfig, identity_box
+from edgeoffload.policy import Policy, load_policy
+from edgeoffload.records import FrameRecord
+from edgeoffload.sources import FrameSource, parse_sources, valid_camera
+
+ENV_PREFIX = "PRE_"
+UNIT = "preprocessor"
+MAX_FRAME_ID = 2**63 - 1
+log = logging.getLogger("edgeoffload.preprocessor")
+
+
+@dataclass(frozen=True)
+class PreprocessorConfig:
+    """Settings of the preprocessor; env var PRE_<FIELD> or a YAML file named by PRE_CONFIG."""
+
+    edge_url: str = "http://127.0.0.1:8081"
+    cloud_url: str = "http://127.0.0.1:8082"
+    # built-in name[:arg], module:attr or path/file.py:attr. Default min-latency (measurement
+    # driven, routes around an unhealthy site); "alternate" reproduces the original demo.
+    policy: str = "min-latency"
+    deadline_ms: float | None = 500.0        # per-frame target; None = no deadline
+    drop_expired: bool = False               # drop frames whose deadline passed while queued
+    jpeg_quality: int = 80
+    max_side: int = 640                      # downscale so the longer side fits (0 = keep size)
+    input_size: tuple[int, int] | None = None  # letterbox to WxH instead (boxes mapped back)
+    queue_size: int = 8                      # frames waiting per site; the oldest is dropped beyond
+    workers_per_site: int = 2                # dispatcher threads (concurrent requests) per site
+    request_timeout_s: float = 5.0
+    edge_replicas: int = 1                   # ready replicas per site as the policy assumes them
+    cloud_replicas: int = 1
+    edge_service_ms: float = 80.0            # initial estimates, replaced by measurements
+    cloud_service_ms: float = 80.0
+    cloud_rtt_ms: float = 40.0
+    cloud_uplink_mbps: float = 20.0
+    ewma_alpha: float = 0.2
+    health_interval_s: float = 2.0           # ready probe period per site (0 = off)
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_cameras: int = 1024                  # distinct camera ids accepted over HTTP
+    wait_timeout_s: float = 30.0             # how long ?wait=1 waits for the record
+    sources: str = ""                        # cam1=video.mp4,cam2=folder/,cam3=0,cam4=rtsp://...
+    source_fps: float = 0.0                  # 0 = the file's own rate (folders 10 fps)
+    source_loop: bool = False
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = 1883
+    mqtt_user: str = "preprocessor"
+    mqtt_password: str | None = None
+    mqtt_cafile: str | None = None
+    mqtt_certfile: str | None = None
+    mqtt_keyfile: str | None = None
+    mqtt_client_id: str = ""
+    mqtt_max_buffered: int = 10000
+    flush_timeout_s: float = 10.0            # at shutdown, wait this long for broker acks
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ConfigError(f"{ENV_PREFIX}JPEG_QUALITY: must be 1..100, got {self.jpeg_quality}")
+        for name in ("queue_size", "workers_per_site", "edge_replicas", "cloud_replicas", "max_body_bytes",
+                     "max_pixels", "max_cameras", "mqtt_max_buffered"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{ENV_PREFIX}{name.upper()}: must be >= 1, got {getattr(self, name)}")
+        for name in ("request_timeout_s", "edge_service_ms", "cloud_service_ms", "cloud_uplink_mbps",
+                     "wait_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{ENV_PREFIX}{name.upper()}: must be > 0, got {getattr(self, name)}")
+        if self.deadline_ms is not None and not self.deadline_ms > 0:
+            raise ConfigError(f"{ENV_PREFIX}DEADLINE_MS: must be > 0 (or none), got {self.deadline_ms}")
+        if self.input_size is not None and (len(self.input_size) != 2 or min(self.input_size) < 16):
+            raise ConfigError(f"{ENV_PREFIX}INPUT_SIZE: expected WIDTHxHEIGHT of at least 16, got {self.input_size}")
+        try:
+            parse_sources(self.sources)
+        except ValueError as exc:
+            raise ConfigError(f"{ENV_PREFIX}SOURCES: {exc}") from None
+
+    def site_configs(self) -> tuple[SiteConfig, SiteConfig]:
+        common = dict(queue_size=self.queue_size, workers=self.workers_per_site, timeout_s=self.request_timeout_s)
+        edge = SiteConfig(EDGE, self.edge_url, replicas=self.edge_replicas, service_s=self.edge_service_ms / 1000,
+                          rtt_s=0.0, uplink_bps=math.inf, **common)  # type: ignore[arg-type]
+        cloud = SiteConfig(CLOUD, self.cloud_url, replicas=self.cloud_replicas, service_s=self.cloud_service_ms / 1000,
+                           rtt_s=self.cloud_rtt_ms / 1000, uplink_bps=self.cloud_uplink_mbps * 1e6,
+                           estimate_uplink=True, **common)  # type: ignore[arg-type]
+        return edge, cloud
+
+    def mqtt_settings(self) -> MQTTSettings:
+        return MQTTSettings(host=self.mqtt_host, port=self.mqtt_port, username=self.mqtt_user or None,
+                            password=self.mqtt_password, cafile=self.mqtt_cafile, certfile=self.mqtt_certfile,
+                            keyfile=self.mqtt_keyfile, client_id=self.mqtt_client_id,
+                            max_buffered=self.mqtt_max_buffered)
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedFrame:
+    """A frame ready to send, and how to map boxes in it back to the captured frame."""
+
+    payload: bytes
+    to_original: Callable[[Box], Box]
+
+
+class FramePreparer:
+    """Decode (bounded), fit to the model's input, re-encode as JPEG."""
+
+    def __init__(self, max_side: int = 640, input_size: tuple[int, int] | None = None, quality: int = 80,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        self.max_side = max_side
+        self.input_size = input_size
+        self.quality = quality
+        self.max_pixels = max_pixels
+
+    def from_bytes(self, data: bytes) -> PreparedFrame:
+        return self.from_image(decode(data, self.max_pixels))
+
+    def from_image(self, image: np.ndarray) -> PreparedFrame:
+        if self.input_size is not None:
+            boxed = letterbox(image, self.input_size)
+            return PreparedFrame(encode_jpeg(boxed.image, self.quality), boxed.to_original)
+        fitted = fit_within(image, self.max_side)
+        scale = fitted.shape[1] / image.shape[1]
+        to_original = _unscale(scale) if fitted is not image else identity_box
+        return PreparedFrame(encode_jpeg(fitted, self.quality), to_original)
+
+
+def _unscale(scale: float) -> Callable[[Box], Box]:
+    def to_original(box: Box) -> Box:
+        return (box[0] / scale, box[1] / scale, box[2] / scale, box[3] / scale)
+    return to_original
+
+
+class FrameRejected(Exception):
+    """An accepted frame could not be prepared; its error record was already published."""
+
+    def __init__(self, message: str, record: FrameRecord) -> None:
+        super().__init__(message)
+        self.record = record
+
+
+class TooManyCameras(Exception):
+    pass
+
+
+class Preprocessor:
+    """The unit's state: publisher, offloading engine, frame numbering, sources."""
+
+    def __init__(self, config: PreprocessorConfig, policy: Policy | None = None) -> None:
+        self.config = config
+        self.policy = policy or load_policy(config.policy)
+        self.preparer = FramePreparer(config.max_side, config.input_size, config.jpeg_quality, config.max_pixels)
+        self.sources = [FrameSource(spec, self.ingest_image, self.ingest_bytes, config.source_fps, config.source_loop)
+                        for spec in parse_sources(config.sources)]
+        self.publisher = Publisher(config.mqtt_settings(), unit=UNIT, online_status={
+            "policy": self.policy.name, "cameras": [s.spec.camera for s in self.sources]})
+        edge, cloud = config.site_configs()
+        self.offloader = Offloader(self.policy, edge, cloud, self._emit, ewma_alpha=config.ewma_alpha,
+                                   health_interval_s=config.health_interval_s, drop_expired=config.drop_expired,
+                                   on_decision=lambda site: metrics.PREPROCESSOR_DECISIONS.labels(site).inc())
+        self.deadline_s = config.deadline_ms / 1000.0 if config.deadline_ms is not None else None
+        self._next_ids: dict[str, int] = {}
+        self._ids_lock = threading.Lock()
+        self._closed = False
+        metrics.PREPROCESSOR_POLICY.labels(self.policy.name).set(1)
+
+    def start(self) -> "Preprocessor":
+        self.publisher.start()
+        self.offloader.start()
+        for source in self.sources:
+            source.start()
+        return self
+
+    def close(self) -> None:
+        """Stop sources, let queued frames finish, flush every record to the broker."""
+        if self._closed:
+            return
+        self._closed = True
+        for source in self.sources:
+            source.stop()
+        self.offloader.close(drain_timeout_s=self.config.request_timeout_s * 2)
+        if not self.publisher.close(self.config.flush_timeout_s, offline_status={"policy": self.policy.name}):
+            log.warning("shutdown: %d records were not acknowledged by the broker", self.publisher.stats().buffered)
+
+    # -- frames in -------------------------------------------------------------------------
+    def frame_id_for(self, camera: str, requested: int | None = None) -> int:
+        """The caller's id if given, else the camera's next number."""
+        with self._ids_lock:
+            if camera not in self._next_ids and len(self._next_ids) >= self.config.max_cameras:
+                raise TooManyCameras(f"more than {self.config.max_cameras} cameras")
+            frame_id = requested if requested is not None else self._next_ids.get(camera, 0)
+            self._next_ids[camera] = max(self._next_ids.get(camera, 0), frame_id + 1)
+            return frame_id
+
+    def ingest_bytes(self, camera: str, data: bytes, frame_id: int | None = None, origin: str = "source") -> FrameJob:
+        """Accept an encoded frame; FrameRejected (after publishing an error record) if it does not decode."""
+        job = self._new_job(camera, frame_id, origin)
+        return self._prepare_and_submit(job, lambda: self.preparer.from_bytes(data))
+
+    def ingest_image(self, camera: str, image: np.ndarray, frame_id: int | None = None,
+                     origin: str = "source") -> FrameJob:
+        """Accept a captured (already decoded) frame."""
+        job = self._new_job(camera, frame_id, origin)
+        return self._prepare_and_submit(job, lambda: self.preparer.from_image(image))
+
+    def _new_job(self, camera: str, frame_id: int | None, origin: str) -> FrameJob:
+        arrived, captured_at = time.monotonic(), time.time()
+        assigned = self.frame_id_for(camera, frame_id)
+        metrics.PREPROCESSOR_FRAMES.labels(origin).inc()
+        return FrameJob(camera=camera, frame_id=assigned, captured_at=captured_at, arrived=arrived, payload=b"",
+                        deadline_s=self.deadline_s)
+
+    def _prepare_and_submit(self, job: FrameJob, prepare: Callable[[], PreparedFrame]) -> FrameJob:
+        """From here on the frame has an id, so every path ends in exactly one record."""
+        try:
+            prepared = prepare()
+        except (FrameError, ValueError) as exc:
+            record = self.offloader.reject(job, f"bad_frame: {exc}")
+            raise FrameRejected(str(exc), record) from None
+        job.payload = prepared.payload
+        job.to_original = prepared.to_original
+        return self.offloader.submit(job)
+
+    # -- records out -----------------------------------------------------------------------
+    def _emit(self, record: FrameRecord) -> None:
+        metrics.PREPROCESSOR_RECORDS.labels(record.site, record.status).inc()
+        if record.status == "ok":
+            metrics.PREPROCESSOR_LATENCY.labels(record.site).observe(record.t_total_ms / 1000.0)
+            if record.reason.startswith("failover:"):
+                from_site = record.reason.split(":", 1)[1].split("->", 1)[0]
+                metrics.PREPROCESSOR_FAILOVERS.labels(from_site, record.site).inc()
+        else:
+            metrics.PREPROCESSOR_DROPS.labels(drop_reason(record)).inc()
+        if not self.publisher.publish_record(record):
+            log.error("record %s/%d lost: MQTT buffer full", record.camera, record.frame_id)
+
+    def state(self) -> dict[str, Any]:
+        return {**self.offloader.state(),
+                "mqtt": {"connected": self.publisher.connected, "last_error": self.publisher.last_error,
+                         **asdict(self.publisher.stats())},
+                "sources": [asdict(source.status) for source in self.sources]}
+
+    def refresh_gauges(self) -> None:
+        for site, monitor in self.offloader.monitors.items():
+            metrics.PREPROCESSOR_IN_FLIGHT.labels(site).set(monitor.snapshot().in_flight)
+        metrics.PREPROCESSOR_MQTT_UNACKED.set(self.publisher.stats().buffered)
+
+
+def drop_reason(record: FrameRecord) -> str:
+    """A bounded metric label for why a frame got no detections."""
+    for known in ("queue_full", "deadline_expired", "bad_frame", "policy_error", "shutdown"):
+        if record.reason.startswith(known):
+            return known
+    return "failed"
+
+
+def _log_like_gunicorn() -> None:
+    gunicorn_log = logging.getLogger("gunicorn.error")
+    for name in ("edgeoffload.preprocessor", "edgeoffload.offload", "edgeoffload.messaging", "edgeoffload.sources"):
+        logger = logging.getLogger(name)
+        if gunicorn_log.handlers and not logger.handlers:
+            logger.handlers = list(gunicorn_log.handlers)
+            logger.setLevel(gunicorn_log.level)
+
+
+def _query_frame_id(raw: str | None) -> int | None:
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit() or int(raw) > MAX_FRAME_ID:
+        raise ValueError(f"frame_id must be an integer 0..{MAX_FRAME_ID}, got {raw[:32]!r}")
+    return int(raw)
+
+
+def create_app(config: PreprocessorConfig | None = None, policy: Policy | None = None) -> Flask:
+    _log_like_gunicorn()
+    config = config or load_config(PreprocessorConfig, ENV_PREFIX)
+    if config.sources and int(os.environ.get("WORKERS", "1") or 1) > 1:
+        log.warning("PRE_SOURCES with WORKERS=%s: every worker reads every source (duplicate frames); "
+                    "run the preprocessor with WORKERS=1", os.environ["WORKERS"])
+    service = Preprocessor(config, policy).start()
+    atexit.register(service.close)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    app.extensions["preprocessor"] = service
+
+    def error(status: int, message: str, **extra: Any) -> tuple[Response, int]:
+        return jsonify(error=message, **extra), status
+
+    @app.post("/process")
+    def process():
+        camera = request.args.get("camera", "")
+        if not valid_camera(camera):
+            return error(400, "query parameter camera must be 1-64 characters of A-Z a-z 0-9 _ . -")
+        try:
+            requested_id = _query_frame_id(request.args.get("frame_id"))
+        except ValueError as exc:
+            return error(400, str(exc))
+        if not is_image_type(request.content_type):
+            return error(415, f"Content-Type must be image/* (JPEG or PNG), got {request.content_type or 'none'!r}")
+        if request.content_length is not None and request.content_length > config.max_body_bytes:
+            return error(413, f"body of {request.content_length} bytes exceeds {config.max_body_bytes}")
+        try:
+            job = service.ingest_bytes(camera, request.get_data(cache=False), requested_id, origin="http")
+        except FrameRejected as exc:
+            return error(400, str(exc), camera=camera, frame_id=exc.record.frame_id, record=exc.record.to_dict())
+        except TooManyCameras as exc:
+            return error(429, str(exc))
+        if request.args.get("wait", "") not in ("1", "true", "yes"):
+            return jsonify(camera=job.camera, frame_id=job.frame_id), 202
+        record = job.wait(config.wait_timeout_s)
+        if record is None:
+            return error(504, f"no outcome within {config.wait_timeout_s:g}s", camera=camera, frame_id=job.frame_id)
+        return jsonify(record.to_dict())
+
+    @app.get("/api/state")
+    def api_state():
+        return jsonify(service.state())
+
+    @app.get("/v2/health/live")
+    def live():
+        return jsonify(live=True)
+
+    @app.get("/v2/health/ready")
+    def ready():
+        if not service.publisher.connected:
+            return error(503, f"MQTT publisher not connected {service.publisher.last_error}".strip())
+        return jsonify(ready=True, policy=service.policy.name)
+
+    @app.get("/metrics")
+    def prometheus_metrics():
+        service.refresh_gauges()
+        body, content_type = metrics.render()
+        return Response(body, content_type=content_type)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        return jsonify(error=exc.description or exc.name), exc.code
+
+    @app.errorhandler(Exception)
+    def unexpected_error(exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return jsonify(error=f"internal error: {type(exc).__name__}"), 500
+
+    return app
+
+
+__all__ = ["PreprocessorConfig", "Preprocessor", "FramePreparer", "PreparedFrame", "FrameRejected", "create_app",
+           "drop_reason", "ENV_PREFIX"]

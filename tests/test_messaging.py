@@ -1,0 +1,284 @@
+"""Messaging against a real Mosquitto configured like EdgeBrokerProvider (password file + ACL)."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from edgeoffload.broker import RESULTS_TOPIC, STATUS_TOPIC, BrokerProcess, TLSFiles, start_broker
+from edgeoffload.messaging import MQTTSettings, Publisher, Subscriber, status_topic, topic_for
+from edgeoffload.records import FrameRecord
+from edgeoffload.serve import free_port
+
+WAIT = 10.0
+
+
+def settings_for(broker: BrokerProcess, role: str | None, **overrides: object) -> MQTTSettings:
+    password = broker.users[role] if role else None
+    return MQTTSettings(host=broker.host, port=broker.port, username=role, password=password,
+                        reconnect_min_s=0.1, reconnect_max_s=0.5, **overrides)  # type: ignore[arg-type]
+
+
+def record(frame_id: int, camera: str = "cam1") -> FrameRecord:
+    return FrameRecord(camera=camera, frame_id=frame_id, captured_at=time.time(), site="edge", status="ok",
+                       policy="test", t_total_ms=12.5)
+
+
+class Collector:
+    """Thread-safe sink for subscriber callbacks."""
+
+    def __init__(self) -> None:
+        self.records: list[FrameRecord] = []
+        self.statuses: list[dict] = []
+        self.malformed: list[tuple[str, str]] = []
+        self._cond = threading.Condition()
+
+    def on_record(self, topic: str, rec: FrameRecord) -> None:
+        assert topic == topic_for(rec.camera)
+        with self._cond:
+            self.records.append(rec)
+            self._cond.notify_all()
+
+    def on_status(self, topic: str, status: dict) -> None:
+        with self._cond:
+            self.statuses.append(status)
+            self._cond.notify_all()
+
+    def on_malformed(self, topic: str, payload: bytes, error: str) -> None:
+        with self._cond:
+            self.malformed.append((topic, error))
+            self._cond.notify_all()
+
+    def wait_for(self, predicate: Callable[["Collector"], bool], timeout: float = WAIT) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: predicate(self), timeout)
+
+    def subscriber(self, settings: MQTTSettings, topics: tuple[str, ...] = (f"{RESULTS_TOPIC}/#",)) -> Subscriber:
+        return Subscriber(settings, topics, on_record=self.on_record, on_status=self.on_status,
+                          on_malformed=self.on_malformed)
+
+
+def test_topic_for_sanitises_camera_names() -> None:
+    assert topic_for("cam-1.front_door") == "edgeoffload/results/cam-1.front_door"
+    assert topic_for("a/b+c#d") == "edgeoffload/results/a_b_c_d"
+    assert topic_for("x\x00y\ny\x7f") == "edgeoffload/results/x_y_y_"
+    assert topic_for("") == "edgeoffload/results/_"
+    assert len(topic_for("c" * 1000)) < 200
+    assert status_topic("preprocessor") == "edgeoffload/status/preprocessor"
+
+
+def test_settings_validate() -> None:
+    with pytest.raises(ValueError):
+        MQTTSettings(qos=3)
+    with pytest.raises(ValueError):
+        MQTTSettings(port=0)
+
+
+def test_records_and_retained_status_reach_webserver(broker: BrokerProcess) -> None:
+    with Publisher(settings_for(broker, "preprocessor")) as pub:
+        assert pub.wait_connected(WAIT), pub.last_error
+        assert pub.publish_status({"state": "ready", "policy": "edge-only"})
+        assert pub.flush(WAIT)
+        sink = Collector()
+        # Subscribes after the status was published: only a retained message can reach it.
+        with sink.subscriber(settings_for(broker, "webserver"), (f"{RESULTS_TOPIC}/#", f"{STATUS_TOPIC}/#")) as sub:
+            assert sub.wait_subscribed(WAIT)
+            for i in range(50):
+                assert pub.publish_record(record(i, camera="cam/with+wildcards"))
+            assert pub.flush(WAIT)
+            assert sink.wait_for(lambda s: len(s.records) == 50 and s.statuses)
+        stats = pub.stats()
+    assert [r.frame_id for r in sink.records] == list(range(50))
+    assert sink.records[0].camera == "cam/with+wildcards"
+    assert sink.statuses[0]["state"] == "ready" and sink.statuses[0]["unit"] == "preprocessor"
+    assert stats.acked == 51 and stats.buffered == 0 and stats.denied == 0 and stats.dropped == 0
+
+
+@pytest.mark.parametrize("role,password", [(None, None), ("webserver", "wrong-password"), ("intruder", "x")])
+def test_unauthenticated_clients_are_refused(broker: BrokerProcess, role: str | None, password: str | None) -> None:
+    settings = MQTTSettings(host=broker.host, port=broker.port, username=role, password=password,
+                            reconnect_min_s=0.5, reconnect_max_s=1)
+    with Publisher(settings) as pub:
+        assert not pub.wait_connected(1.5)
+        assert "refused" in pub.last_error
+
+
+def test_webserver_cannot_publish_results(broker: BrokerProcess) -> None:
+    sink = Collector()
+    with sink.subscriber(settings_for(broker, "monitor")) as monitor, \
+            Publisher(settings_for(broker, "webserver"), unit="webserver") as intruder, \
+            Publisher(settings_for(broker, "preprocessor")) as legit:
+        assert monitor.wait_subscribed(WAIT)
+        assert intruder.wait_connected(WAIT) and legit.wait_connected(WAIT)
+        intruder.publish_record(record(666, camera="acl"))
+        assert intruder.flush(WAIT)
+        assert intruder.stats().denied == 1 and intruder.stats().acked == 0
+        legit.publish_record(record(1, camera="acl"))
+        assert legit.flush(WAIT)
+        assert sink.wait_for(lambda s: any(r.camera == "acl" for r in s.records))
+    assert [r.frame_id for r in sink.records if r.camera == "acl"] == [1]
+
+
+def test_preprocessor_cannot_read_results(broker: BrokerProcess) -> None:
+    """Mosquitto grants the SUBACK but the ACL withholds every message from the preprocessor."""
+    control, blocked = Collector(), Collector()
+    with control.subscriber(settings_for(broker, "monitor")) as monitor, \
+            blocked.subscriber(settings_for(broker, "preprocessor")) as snooper, \
+            Publisher(settings_for(broker, "preprocessor")) as pub:
+        assert monitor.wait_subscribed(WAIT) and pub.wait_connected(WAIT)
+        assert snooper.wait_subscribed(WAIT) or snooper.stats().refused_subscriptions
+        pub.publish_record(record(7, camera="secret"))
+        assert pub.flush(WAIT)
+        assert control.wait_for(lambda s: any(r.camera == "secret" for r in s.records))
+        time.sleep(0.3)
+        assert snooper.stats().received == 0
+    assert blocked.records == []
+
+
+def test_malformed_payloads_and_failing_callbacks_do_not_stop_the_subscriber(broker: BrokerProcess) -> None:
+    sink = Collector()
+    calls = Counter()
+
+    def flaky(topic: str, rec: FrameRecord) -> None:
+        calls[rec.frame_id] += 1
+        if rec.frame_id == 1:
+            raise RuntimeError("consumer bug")
+        sink.on_record(topic, rec)
+
+    sub = Subscriber(settings_for(broker, "monitor"), on_record=flaky, on_malformed=sink.on_malformed)
+    with sub, Publisher(settings_for(broker, "preprocessor")) as pub:
+        assert sub.wait_subscribed(WAIT) and pub.wait_connected(WAIT)
+        pub.publish(topic_for("bad"), b"\xff not json")
+        pub.publish(topic_for("bad"), b'{"camera": "bad", "frame_id": 1, "site": "moon", "status": "ok"}')
+        pub.publish_record(record(1, camera="bad"))
+        pub.publish_record(record(2, camera="bad"))
+        assert pub.flush(WAIT)
+        assert sink.wait_for(lambda s: len(s.records) == 1 and len(s.malformed) == 2)
+        stats = sub.stats()
+    assert sink.records[0].frame_id == 2
+    assert "JSON" in sink.malformed[0][1] and "site" in sink.malformed[1][1]
+    assert stats.malformed == 2 and stats.callback_errors == 1 and stats.received == 4
+    assert calls == {1: 1, 2: 1}
+
+
+def test_broker_restart_mid_run_loses_no_record(fresh_broker: BrokerProcess) -> None:
+    total = 400
+    seen: Counter[int] = Counter()
+    done = threading.Event()
+
+    def on_record(topic: str, rec: FrameRecord) -> None:
+        seen[rec.frame_id] += 1
+        if len(seen) == total:
+            done.set()
+
+    sub_settings = settings_for(fresh_broker, "webserver", client_id="test-restart-webserver")
+    with Subscriber(sub_settings, on_record=on_record) as sub, \
+            Publisher(settings_for(fresh_broker, "preprocessor")) as pub:
+        assert sub.wait_subscribed(WAIT) and pub.wait_connected(WAIT)
+        for i in range(total):
+            assert pub.publish_record(record(i))
+            if i == total // 3:
+                fresh_broker.restart()
+            time.sleep(0.002)
+        assert pub.flush(30), pub.stats()
+        assert done.wait(30), f"missing {sorted(set(range(total)) - set(seen))[:20]}"
+        time.sleep(0.3)  # let any QoS 1 redelivery arrive before counting
+        stats, sub_stats = pub.stats(), sub.stats()
+    assert sorted(seen) == list(range(total))
+    assert max(seen.values()) == 1, {k: v for k, v in seen.items() if v > 1}
+    assert sub_stats.received == total + sub_stats.duplicates
+    assert stats.acked == total and stats.dropped == 0
+
+
+def test_subscriber_drops_qos1_redeliveries_but_not_new_captures(broker: BrokerProcess) -> None:
+    sink = Collector()
+    with sink.subscriber(settings_for(broker, "monitor")) as sub, Publisher(settings_for(broker, "preprocessor")) as pub:
+        assert sub.wait_subscribed(WAIT) and pub.wait_connected(WAIT)
+        first = record(5, camera="dup")
+        restarted = FrameRecord(camera="dup", frame_id=5, captured_at=first.captured_at + 60, site="cloud", status="ok")
+        for rec in (first, first, restarted):
+            pub.publish_record(rec)
+        assert pub.flush(WAIT)
+        assert sink.wait_for(lambda s: len(s.records) == 2)
+        time.sleep(0.2)
+        assert sub.stats().duplicates == 1
+    assert [r.site for r in sink.records] == ["edge", "cloud"]
+
+
+def test_buffer_is_bounded_while_broker_is_away(fresh_broker: BrokerProcess) -> None:
+    sink = Collector()
+    with sink.subscriber(settings_for(fresh_broker, "webserver", client_id="test-buffer-webserver")) as sub, \
+            Publisher(settings_for(fresh_broker, "preprocessor", max_buffered=5)) as pub:
+        assert sub.wait_subscribed(WAIT) and pub.wait_connected(WAIT)
+        fresh_broker.stop()
+        assert not pub.wait_connected(0) or _wait_disconnected(pub)
+        accepted = [pub.publish_record(record(i)) for i in range(8)]
+        assert accepted == [True] * 5 + [False] * 3
+        assert pub.stats().dropped == 3 and pub.stats().buffered == 5
+        fresh_broker.start()
+        assert pub.flush(WAIT)
+        assert sink.wait_for(lambda s: len(s.records) == 5)
+    assert sorted(r.frame_id for r in sink.records) == [0, 1, 2, 3, 4]
+
+
+def _wait_disconnected(pub: Publisher, timeout: float = WAIT) -> bool:
+    deadline = time.monotonic() + timeout
+    while pub.connected and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return not pub.connected
+
+
+def _make_certificates(directory: Path) -> TLSFiles:
+    """A throwaway CA and a server certificate for 127.0.0.1 (openssl CLI)."""
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=edgeoffload-test-ca",
+            "-keyout", "ca.key", "-out", "ca.crt")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key",
+            "-out", "server.csr")
+    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "2", "-extfile", "san.ext", "-out", "server.crt")
+    return TLSFiles(str(directory / "ca.crt"), str(directory / "server.crt"), str(directory / "server.key"),
+                    port=free_port())
+
+
+@pytest.fixture
+def broker_workdir() -> Path:
+    """A workdir in the temp dir: reachable by the `mosquitto` user Mosquitto drops to as root."""
+    workdir = Path(tempfile.mkdtemp(prefix="edgeoffload-tls-broker-"))
+    yield workdir
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_records_flow_over_tls(broker_workdir: Path) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make test certificates")
+    workdir = broker_workdir
+    tls = _make_certificates(workdir / "certs")
+    with start_broker(workdir=workdir, tls=tls) as tls_broker:
+        def over_tls(role: str) -> MQTTSettings:
+            return MQTTSettings(host="127.0.0.1", port=tls.port, username=role, password=tls_broker.users[role],
+                                cafile=tls.cafile, reconnect_min_s=0.2, reconnect_max_s=1)
+
+        sink = Collector()
+        with sink.subscriber(over_tls("webserver")) as sub, Publisher(over_tls("preprocessor")) as pub:
+            assert sub.wait_subscribed(WAIT) and pub.wait_connected(WAIT), pub.last_error
+            pub.publish_record(record(1, camera="tls"))
+            assert pub.flush(WAIT) and sink.wait_for(lambda s: len(s.records) == 1)
+        untrusted = MQTTSettings(host="127.0.0.1", port=tls.port, username="preprocessor",
+                                 password=tls_broker.users["preprocessor"], cafile=str(workdir / "certs" / "server.crt"),
+                                 reconnect_min_s=0.5, reconnect_max_s=1)
+        with Publisher(untrusted) as rejected:  # wrong CA: the handshake must fail
+            assert not rejected.wait_connected(1.5)
+    assert sink.records[0].camera == "tls"
