@@ -4,11 +4,18 @@ Read from the environment so a Deployment sets them: BIND (default 0.0.0.0:8080)
 WORKERS (default: CPUs available, capped at 4), THREADS (default 4), TIMEOUT, MAX_REQUESTS.
 Eventlet is not used (deprecated upstream, removed in gunicorn 26).
 """
+import glob
 import os
 import shutil
 import tempfile
 
-from prometheus_client import multiprocess
+# prometheus_client picks its value storage at import: the directory must be set before.
+_owned_metrics_dir = None
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    _owned_metrics_dir = tempfile.mkdtemp(prefix="edgeoffload-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _owned_metrics_dir
+
+from prometheus_client import multiprocess  # noqa: E402
 
 
 def _cpus() -> int:
@@ -34,17 +41,15 @@ loglevel = os.environ.get("LOGLEVEL", "info")
 limit_request_line = 4094
 limit_request_fields = 50
 
-_owned_metrics_dir = None
 
 
 def on_starting(server):
-    """Give the prometheus multiprocess collector a fresh directory unless one was provided."""
-    global _owned_metrics_dir
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        _owned_metrics_dir = tempfile.mkdtemp(prefix="edgeoffload-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = _owned_metrics_dir
-    else:
-        os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+    """Start from an empty metrics directory: a restarted container keeps its emptyDir and
+    reuses PIDs, and stale files would report frames in flight that no longer exist."""
+    directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(directory, exist_ok=True)
+    for stale in glob.glob(os.path.join(directory, "*.db")):
+        os.remove(stale)
 
 
 def child_exit(server, worker):
