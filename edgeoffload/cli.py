@@ -11,6 +11,7 @@ import sys
 # name -> (module providing register/run, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("edgeoffload.serve", "run a unit (inference, preprocessor, webserver) under gunicorn"),
+    "sim": ("edgeoffload.sim.cli", "simulate a scenario (simpy) under a policy and print the summary"),
     "broker": ("edgeoffload.broker", "EdgeBrokerProvider: print config/ACL, make a password file, run locally"),
 }
 

@@ -1,0 +1,339 @@
+"""Scenario files: what the simulator models, validated with errors that name the field.
+
+Top-level keys (see experiments/scenarios/baseline.yaml for a commented example):
+  name, duration_s, warmup_s, seed, timeline_interval_s,
+  cameras: [ {name, count, fps, arrival, jitter_ms, frame_bytes, deadline_ms, start_s, stop_s} | {name, trace, deadline_ms} ]
+  wan:     {bandwidth_mbps | bandwidth_bps, rtt_ms, trace, profile, egress_price_per_gb}
+  edge, cloud: {replicas, workers, queue, queue_capacity, service_ms, cold_start_s, hpa,
+                cpu_request, cpu_per_worker, price_per_pod_hour, power_w: {idle, busy}, model}
+  observer: {ewma_alpha, probe_interval_s}
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+
+from edgeoffload.hpa import HPAError, HPASpec, find_hpa
+from edgeoffload.sim.distributions import Dist, ScenarioError, constant, load_profile, parse_dist
+from edgeoffload.sim.observer import DEFAULT_ALPHA, DEFAULT_PROBE_INTERVAL_S
+
+
+@dataclass(frozen=True, slots=True)
+class CameraGroup:
+    name: str
+    count: int = 1
+    fps: float = 10.0
+    arrival: Literal["periodic", "poisson"] = "periodic"
+    jitter_ms: float = 0.0                # periodic: capture time = grid + uniform(-j, +j)
+    frame_bytes: Dist = constant(50_000)
+    deadline_ms: float | None = None
+    start_s: float = 0.0
+    stop_s: float | None = None           # captures stop here (default: the scenario's end)
+    trace: tuple[tuple[float, str, int], ...] = ()   # (time_s, camera, bytes), time-sorted
+
+    def camera_names(self) -> list[str]:
+        if self.trace:
+            return sorted({camera for _, camera, _ in self.trace})
+        return [self.name] if self.count == 1 else [f"{self.name}-{i}" for i in range(self.count)]
+
+
+@dataclass(frozen=True, slots=True)
+class WanSpec:
+    bandwidth_bps: float = 100e6
+    rtt_ms: float = 40.0                   # propagation round trip; half each way
+    trace: tuple[tuple[float, float, float], ...] = ()   # (time_s, bandwidth_bps, rtt_ms), time-sorted
+    egress_price_per_gb: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSpec:
+    """One inference site: a Deployment of pods with `workers` servers each."""
+
+    name: str
+    replicas: int = 1
+    workers: int = 1
+    queue: Literal["per-pod", "shared"] = "per-pod"
+    queue_capacity: int | None = None      # waiting frames per pod (per-pod) or in total (shared)
+    service_ms: Dist = constant(50.0)
+    cold_start_s: Dist = constant(10.0)
+    hpa: HPASpec | None = None
+    cpu_request: float = 1.0               # cores per pod, the base of Utilization targets
+    cpu_per_worker: float = 1.0            # cores a busy worker uses
+    price_per_pod_hour: float = 0.0
+    idle_w: float = 0.0
+    busy_w: float = 0.0                    # power of a pod with every worker busy
+    model: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ObserverSpec:
+    """How the preprocessor estimates site state (defaults: the testbed's SiteMonitor/Offloader)."""
+
+    ewma_alpha: float = DEFAULT_ALPHA
+    probe_interval_s: float = DEFAULT_PROBE_INTERVAL_S   # ready probes of each site
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    duration_s: float
+    cameras: tuple[CameraGroup, ...]
+    edge: PoolSpec
+    cloud: PoolSpec
+    wan: WanSpec = field(default_factory=WanSpec)
+    observer: ObserverSpec = field(default_factory=ObserverSpec)
+    warmup_s: float = 0.0                  # frames captured earlier are simulated but not counted
+    seed: int = 0
+    timeline_interval_s: float = 15.0
+
+    def with_seed(self, seed: int) -> "Scenario":
+        return dataclasses.replace(self, seed=seed)
+
+
+# ------------------------------------------------------------------ validation helpers
+class _Fields:
+    """Typed access to one mapping of a scenario; every error names the full field path."""
+
+    def __init__(self, raw: Any, path: str, allowed: set[str]) -> None:
+        if not isinstance(raw, Mapping):
+            raise ScenarioError(path or "scenario", "must be a mapping")
+        unknown = sorted(set(raw) - allowed)
+        if unknown:
+            raise ScenarioError(self._join(path, str(unknown[0])),
+                                f"unknown key (allowed: {', '.join(sorted(allowed))})")
+        self.raw, self.path = raw, path
+
+    @staticmethod
+    def _join(path: str, key: str) -> str:
+        return f"{path}.{key}" if path else key
+
+    def where(self, key: str) -> str:
+        return self._join(self.path, key)
+
+    def number(self, key: str, default: float | None = None, *, gt: float | None = None,
+               ge: float | None = None, le: float | None = None) -> float:
+        if key not in self.raw or self.raw[key] is None:
+            if default is None:
+                raise ScenarioError(self.where(key), "is required")
+            return default
+        value = self.raw[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ScenarioError(self.where(key), f"must be a finite number, got {value!r}")
+        if gt is not None and not value > gt:
+            raise ScenarioError(self.where(key), f"must be > {gt:g}")
+        if ge is not None and not value >= ge:
+            raise ScenarioError(self.where(key), f"must be >= {ge:g}")
+        if le is not None and not value <= le:
+            raise ScenarioError(self.where(key), f"must be <= {le:g}")
+        return float(value)
+
+    def integer(self, key: str, default: int | None = None, *, ge: int = 0) -> int:
+        value = self.raw.get(key, default)
+        if value is None:
+            raise ScenarioError(self.where(key), "is required")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ScenarioError(self.where(key), f"must be an integer, got {value!r}")
+        if value < ge:
+            raise ScenarioError(self.where(key), f"must be >= {ge}")
+        return value
+
+    def optional_number(self, key: str, *, gt: float | None = None, ge: float | None = None) -> float | None:
+        if self.raw.get(key) is None:
+            return None
+        return self.number(key, gt=gt, ge=ge)
+
+    def choice(self, key: str, options: tuple[str, ...], default: str) -> str:
+        value = self.raw.get(key, default)
+        if value not in options:
+            raise ScenarioError(self.where(key), f"must be one of {', '.join(options)}, got {value!r}")
+        return str(value)
+
+    def text(self, key: str, default: str) -> str:
+        value = self.raw.get(key, default)
+        if not isinstance(value, (str, int)) or isinstance(value, bool):
+            raise ScenarioError(self.where(key), f"must be a string, got {value!r}")
+        return str(value)
+
+
+# ------------------------------------------------------------------ parsing
+def load_scenario(source: str | Path | Mapping[str, Any], base_dir: Path | None = None) -> Scenario:
+    """A Scenario from a YAML file or an already-parsed mapping; relative file references
+    (traces, profiles, HPA manifests) are resolved against the file's folder."""
+    if isinstance(source, Mapping):
+        return parse_scenario(source, base_dir or Path.cwd())
+    path = Path(source)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ScenarioError("", f"cannot read scenario {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ScenarioError("", f"{path} is not valid YAML: {exc}") from None
+    return parse_scenario(raw, base_dir or path.resolve().parent)
+
+
+def parse_scenario(raw: Any, base_dir: Path) -> Scenario:
+    top = _Fields(raw, "", {"name", "duration_s", "warmup_s", "seed", "timeline_interval_s", "cameras",
+                            "wan", "edge", "cloud", "observer"})
+    cameras_raw = raw.get("cameras")
+    if not isinstance(cameras_raw, list) or not cameras_raw:
+        raise ScenarioError("cameras", "must be a non-empty list of camera groups")
+    cameras = tuple(_camera(c, f"cameras[{i}]", base_dir) for i, c in enumerate(cameras_raw))
+    names = [n for group in cameras for n in group.camera_names()]
+    if len(names) != len(set(names)):
+        duplicate = next(n for n in names if names.count(n) > 1)
+        raise ScenarioError("cameras", f"camera name {duplicate!r} is used twice")
+    duration = top.number("duration_s", gt=0)
+    warmup = top.number("warmup_s", 0.0, ge=0)
+    if warmup >= duration:
+        raise ScenarioError("warmup_s", f"must be < duration_s ({duration:g})")
+    observer = _Fields(raw.get("observer") or {}, "observer", {"ewma_alpha", "probe_interval_s"})
+    return Scenario(
+        name=top.text("name", "scenario"), duration_s=duration, warmup_s=warmup,
+        seed=top.integer("seed", 0), timeline_interval_s=top.number("timeline_interval_s", 15.0, gt=0),
+        cameras=cameras, wan=_wan(raw.get("wan") or {}, base_dir),
+        edge=_pool(raw.get("edge"), "edge", base_dir), cloud=_pool(raw.get("cloud"), "cloud", base_dir),
+        observer=ObserverSpec(ewma_alpha=observer.number("ewma_alpha", DEFAULT_ALPHA, gt=0, le=1),
+                              probe_interval_s=observer.number("probe_interval_s", DEFAULT_PROBE_INTERVAL_S, gt=0)))
+
+
+def _camera(raw: Any, path: str, base_dir: Path) -> CameraGroup:
+    fields = _Fields(raw, path, {"name", "count", "fps", "arrival", "jitter_ms", "frame_bytes", "deadline_ms",
+                                 "start_s", "stop_s", "trace"})
+    name = fields.text("name", path.replace("[", "").replace("]", ""))
+    deadline = fields.optional_number("deadline_ms", gt=0)
+    if raw.get("trace") is not None:
+        clash = sorted({"count", "fps", "arrival", "jitter_ms", "frame_bytes", "start_s", "stop_s"} & set(raw))
+        if clash:
+            raise ScenarioError(f"{path}.{clash[0]}", "cannot be combined with trace (the trace gives times and sizes)")
+        return CameraGroup(name=name, deadline_ms=deadline,
+                           trace=_camera_trace(base_dir / str(raw["trace"]), f"{path}.trace"))
+    fps = fields.number("fps", 10.0, gt=0)
+    jitter = fields.number("jitter_ms", 0.0, ge=0)
+    if jitter / 1000 >= 0.5 / fps:
+        raise ScenarioError(f"{path}.jitter_ms", f"must be < half the frame period ({500 / fps:g} ms)")
+    start = fields.number("start_s", 0.0, ge=0)
+    stop = fields.optional_number("stop_s", gt=start)
+    return CameraGroup(name=name, count=fields.integer("count", 1, ge=1), fps=fps, start_s=start, stop_s=stop,
+                       arrival=fields.choice("arrival", ("periodic", "poisson"), "periodic"),  # type: ignore[arg-type]
+                       jitter_ms=jitter, deadline_ms=deadline,
+                       frame_bytes=parse_dist(raw.get("frame_bytes", 50_000), f"{path}.frame_bytes", base_dir))
+
+
+def _read_csv(path: Path, where: str, columns: tuple[str, ...]) -> list[dict[str, str]]:
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            missing = [c for c in columns if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ScenarioError(where, f"{path.name} lacks column(s) {', '.join(missing)} (needs {', '.join(columns)})")
+            return list(reader)
+    except OSError as exc:
+        raise ScenarioError(where, f"cannot read {path}: {exc.strerror}") from None
+
+
+def _camera_trace(path: Path, where: str) -> tuple[tuple[float, str, int], ...]:
+    rows = []
+    last = -math.inf
+    for line, row in enumerate(_read_csv(path, where, ("time_s", "camera", "bytes")), start=2):
+        try:
+            time_s, size = float(row["time_s"]), int(row["bytes"])
+        except ValueError:
+            raise ScenarioError(where, f"{path.name} line {line}: time_s must be a number and bytes an integer") from None
+        if time_s < last or size <= 0 or not math.isfinite(time_s):
+            raise ScenarioError(where, f"{path.name} line {line}: times must be sorted and bytes > 0")
+        last = time_s
+        rows.append((time_s, row["camera"], size))
+    if not rows:
+        raise ScenarioError(where, f"{path.name} has no rows")
+    return tuple(rows)
+
+
+def _wan(raw: Any, base_dir: Path) -> WanSpec:
+    fields = _Fields(raw, "wan", {"bandwidth_mbps", "bandwidth_bps", "rtt_ms", "trace", "profile", "egress_price_per_gb"})
+    if "bandwidth_mbps" in raw and "bandwidth_bps" in raw:
+        raise ScenarioError("wan.bandwidth_bps", "give bandwidth_mbps or bandwidth_bps, not both")
+    bandwidth = (fields.number("bandwidth_mbps", gt=0) * 1e6 if "bandwidth_mbps" in raw
+                 else fields.number("bandwidth_bps", 100e6, gt=0))
+    rtt = fields.number("rtt_ms", 40.0, ge=0)
+    if raw.get("profile") is not None:
+        profile = load_profile(base_dir / str(raw["profile"]), "wan.profile")
+        wan = profile.get("wan") or {}
+        if "rtt_ms" not in raw and wan.get("rtt_ms"):
+            rtt = float(statistics.median(wan["rtt_ms"]))
+        if "bandwidth_mbps" not in raw and "bandwidth_bps" not in raw and wan.get("bandwidth_bps"):
+            bandwidth = float(wan["bandwidth_bps"])
+    trace: list[tuple[float, float, float]] = []
+    if raw.get("trace") is not None:
+        path = base_dir / str(raw["trace"])
+        for line, row in enumerate(_read_csv(path, "wan.trace", ("time_s", "bandwidth_bps", "rtt_ms")), start=2):
+            try:
+                point = (float(row["time_s"]), float(row["bandwidth_bps"]), float(row["rtt_ms"]))
+            except ValueError:
+                raise ScenarioError("wan.trace", f"{path.name} line {line}: values must be numbers") from None
+            if point[1] <= 0 or point[2] < 0 or (trace and point[0] <= trace[-1][0]):
+                raise ScenarioError("wan.trace", f"{path.name} line {line}: times must increase, bandwidth > 0, rtt >= 0")
+            trace.append(point)
+    return WanSpec(bandwidth_bps=bandwidth, rtt_ms=rtt, trace=tuple(trace),
+                   egress_price_per_gb=fields.number("egress_price_per_gb", 0.0, ge=0))
+
+
+def _pool(raw: Any, name: str, base_dir: Path) -> PoolSpec:
+    if raw is None:
+        raise ScenarioError(name, "is required (a pool: replicas, workers, service_ms, ...)")
+    fields = _Fields(raw, name, {"replicas", "workers", "queue", "queue_capacity", "service_ms", "cold_start_s",
+                                 "hpa", "cpu_request", "cpu_per_worker", "price_per_pod_hour", "power_w", "model"})
+    power = _Fields(raw.get("power_w") or {}, f"{name}.power_w", {"idle", "busy"})
+    idle_w = power.number("idle", 0.0, ge=0)
+    capacity = raw.get("queue_capacity")
+    if capacity is not None:
+        capacity = fields.integer("queue_capacity", ge=0)
+    return PoolSpec(
+        name=name, replicas=fields.integer("replicas", 1, ge=0), workers=fields.integer("workers", 1, ge=1),
+        queue=fields.choice("queue", ("per-pod", "shared"), "per-pod"),  # type: ignore[arg-type]
+        queue_capacity=capacity,
+        service_ms=parse_dist(raw.get("service_ms", 50.0), f"{name}.service_ms", base_dir),
+        cold_start_s=parse_dist(raw.get("cold_start_s", 10.0), f"{name}.cold_start_s", base_dir, positive=False),
+        hpa=_hpa(raw.get("hpa"), f"{name}.hpa", base_dir),
+        cpu_request=fields.number("cpu_request", 1.0, gt=0), cpu_per_worker=fields.number("cpu_per_worker", 1.0, gt=0),
+        price_per_pod_hour=fields.number("price_per_pod_hour", 0.0, ge=0),
+        idle_w=idle_w, busy_w=power.number("busy", idle_w, ge=idle_w), model=fields.text("model", ""))
+
+
+def _hpa(raw: Any, path: str, base_dir: Path) -> HPASpec | None:
+    """`hpa:` is either {manifest: FILE, name: NAME, sync_period_s} (an autoscaling/v2 file such
+    as autoscale.yml) or inline HPA spec fields (minReplicas, maxReplicas, metrics, behavior)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise ScenarioError(path, "must be a mapping")
+    settings = _Fields({k: v for k, v in raw.items() if k in ("sync_period_s", "tolerance")}, path,
+                       {"sync_period_s", "tolerance"})
+    sync, tolerance = settings.number("sync_period_s", 15.0, gt=0), settings.number("tolerance", 0.1, ge=0)
+    try:
+        if "manifest" in raw:
+            unknown = sorted(set(raw) - {"manifest", "name", "sync_period_s", "tolerance"})
+            if unknown:
+                raise ScenarioError(f"{path}.{unknown[0]}", "unknown key next to manifest (allowed: name, sync_period_s, tolerance)")
+            spec = find_hpa(base_dir / str(raw["manifest"]), raw.get("name"))
+            spec = dataclasses.replace(spec, sync_period_s=sync, tolerance=tolerance)
+        else:
+            body = {k: v for k, v in raw.items() if k not in ("sync_period_s", "tolerance")}
+            spec = HPASpec.from_manifest({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+                                          "spec": body}, sync_period_s=sync, tolerance=tolerance)
+    except (HPAError, OSError) as exc:
+        raise ScenarioError(path, str(exc)) from None
+    for index, metric in enumerate(spec.metrics):
+        if metric.kind == "Resource" and metric.name != "cpu":
+            raise ScenarioError(f"{path}.metrics[{index}]", f"resource {metric.name!r} is not modelled (cpu only)")
+    return spec
+
+
+__all__ = ["CameraGroup", "ObserverSpec", "PoolSpec", "Scenario", "ScenarioError", "WanSpec",
+           "load_scenario", "parse_scenario"]
