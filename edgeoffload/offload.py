@@ -7,8 +7,10 @@ other site once if the chosen one errors or times out, and emit exactly one Fram
 
 Every time is taken from one monotonic clock in this process: t_total_ms runs from the
 frame's arrival to its answer; t_inference_ms is what the inference unit reports;
-t_network_ms is the answering request's round trip minus that; t_queue_ms is the rest
-(preprocessing, waiting in the site queue, a failed first attempt).
+t_network_ms is the answering request's round trip minus the unit's own time (its reported
+queue_ms + inference_ms), i.e. transfer + propagation; t_queue_ms is the rest (preprocessing,
+waiting in the site queue and inside the unit, a failed first attempt) — the same split the
+simulator reports.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from typing import Any, Callable
 import requests
 from requests.adapters import HTTPAdapter
 
+from edgeoffload.estimate import DEFAULT_ALPHA, DEFAULT_PROBE_INTERVAL_S, SiteEstimator
 from edgeoffload.policy import Observation, Policy, SiteState
 from edgeoffload.records import Detection, FrameRecord
 
@@ -66,94 +69,63 @@ class SiteConfig:
 
 
 class SiteMonitor:
-    """Live estimate of one site, as a policy sees it (SiteState), from the answers it gives.
+    """Thread-safe live estimate of one site, as a policy sees it (SiteState).
 
     in_flight counts frames committed to the site and not answered yet: those waiting in our
-    queue for it plus those being served. Service time is the EWMA of the reported
-    inference_ms; network time is round trip minus that. On a WAN site the round-trip floor
-    (minimum of recent network times) is the RTT and the excess over it, per byte, the
-    uplink bandwidth. The site is unhealthy when its ready probe fails or after
-    `failure_threshold` consecutive failed requests.
+    queue for it plus those being served. The estimation rules live in
+    `edgeoffload.estimate.SiteEstimator`, which the simulator uses too.
     """
 
-    def __init__(self, config: SiteConfig, alpha: float = 0.2, failure_threshold: int = 3,
-                 floor_window: int = 32) -> None:
-        if not 0 < alpha <= 1:
-            raise ValueError(f"EWMA alpha must be in (0, 1], got {alpha}")
+    def __init__(self, config: SiteConfig, alpha: float = DEFAULT_ALPHA, failure_threshold: int = 3,
+                 window: int = 32) -> None:
         self.config = config
-        self._alpha = alpha
-        self._failure_threshold = failure_threshold
         self._lock = threading.Lock()
-        self._in_flight = 0
-        self._service_s = config.service_s
-        self._network_s = config.rtt_s
-        self._rtt_s = config.rtt_s
-        self._uplink_bps = config.uplink_bps
-        self._recent_network: deque[float] = deque(maxlen=floor_window)
-        self._ready = True  # optimistic until the first probe says otherwise
-        self._consecutive_failures = 0
+        self._estimate = SiteEstimator(remote=config.estimate_uplink, service_s=config.service_s,
+                                       rtt_s=config.rtt_s, uplink_bps=config.uplink_bps, alpha=alpha,
+                                       failure_threshold=failure_threshold, window=window)
         self.answered = 0
         self.failed = 0
         self.last_error = ""
 
     def reserve(self) -> None:
         with self._lock:
-            self._in_flight += 1
+            self._estimate.in_flight += 1
 
     def release(self) -> None:
         with self._lock:
-            self._in_flight -= 1
+            self._estimate.in_flight -= 1
 
-    def record_answer(self, inference_s: float, round_trip_s: float, bytes_sent: int) -> None:
-        network_s = max(0.0, round_trip_s - inference_s)
+    def record_answer(self, inference_s: float, network_s: float, bytes_sent: int) -> None:
         with self._lock:
             self.answered += 1
-            self._consecutive_failures = 0
-            self._service_s = self._ewma(self._service_s, inference_s)
-            self._network_s = self._ewma(self._network_s, network_s)
-            self._recent_network.append(network_s)
-            if not self.config.estimate_uplink:
-                self._rtt_s = self._network_s
-                return
-            self._rtt_s = min(self._recent_network)
-            excess = network_s - self._rtt_s
-            if excess > 0.0005 and bytes_sent > 0:  # below ~0.5 ms the excess is timer noise
-                sample = bytes_sent * 8 / excess
-                self._uplink_bps = sample if math.isinf(self._uplink_bps) else self._ewma(self._uplink_bps, sample)
+            self._estimate.answered(inference_s, network_s, bytes_sent)
 
     def record_failure(self, reason: str) -> None:
         with self._lock:
             self.failed += 1
-            self._consecutive_failures += 1
+            self._estimate.failed()
             self.last_error = reason
 
     def set_ready(self, ready: bool, reason: str = "") -> None:
         """Result of a ready probe: a site answering it gets another chance."""
         with self._lock:
-            self._ready = ready
-            if ready:
-                self._consecutive_failures = 0
-            else:
+            self._estimate.probed(ready)
+            if not ready:
                 self.last_error = reason or "not ready"
 
     def snapshot(self) -> SiteState:
         with self._lock:
-            healthy = self._ready and self._consecutive_failures < self._failure_threshold
-            return SiteState(in_flight=max(0, self._in_flight), replicas=self.config.replicas,
-                             service_s=self._service_s, rtt_s=self._rtt_s, uplink_bps=self._uplink_bps,
-                             healthy=healthy)
+            return self._estimate.state(self.config.replicas)
 
     def describe(self) -> dict[str, Any]:
         state = asdict(self.snapshot())
         if math.isinf(state["uplink_bps"]):
             state["uplink_bps"] = None  # JSON has no infinity
         with self._lock:
-            state.update(url=self.config.url, ready=self._ready, answered=self.answered, failed=self.failed,
-                         consecutive_failures=self._consecutive_failures, last_error=self.last_error)
+            state.update(url=self.config.url, ready=self._estimate.ready, answered=self.answered,
+                         failed=self.failed, consecutive_failures=self._estimate.failures,
+                         last_error=self.last_error)
         return state
-
-    def _ewma(self, old: float, sample: float) -> float:
-        return old + self._alpha * (sample - old)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +133,7 @@ class InferenceAnswer:
     model: str
     detections: tuple[Detection, ...]
     inference_s: float
+    queue_s: float = 0.0   # time the request waited inside the unit before inference started
 
 
 class InferenceFailure(Exception):
@@ -200,7 +173,8 @@ def post_frame(session: requests.Session, base_url: str, payload: bytes, timeout
         body = response.json()
         detections = tuple(Detection.from_dict(d) for d in body.get("detections", []))
         return InferenceAnswer(model=str(body.get("model", "")), detections=detections,
-                               inference_s=max(0.0, float(body["inference_ms"])) / 1000.0)
+                               inference_s=max(0.0, float(body["inference_ms"])) / 1000.0,
+                               queue_s=max(0.0, float(body.get("queue_ms", 0.0))) / 1000.0)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise InferenceFailure("bad_response", str(exc)[:200], retryable=True) from None
 
@@ -294,7 +268,7 @@ class Offloader:
     """
 
     def __init__(self, policy: Policy, edge: SiteConfig, cloud: SiteConfig, sink: RecordSink,
-                 ewma_alpha: float = 0.2, health_interval_s: float = 2.0, drop_expired: bool = False,
+                 ewma_alpha: float = DEFAULT_ALPHA, health_interval_s: float = DEFAULT_PROBE_INTERVAL_S, drop_expired: bool = False,
                  on_decision: Callable[[str], None] | None = None) -> None:
         self.policy = policy
         self.configs = {EDGE: edge, CLOUD: cloud}
@@ -417,11 +391,11 @@ class Offloader:
                 monitor.record_failure(str(failure))
             self._on_failure(job, site, failure)
             return
-        round_trip = time.monotonic() - sent_at
+        network = max(0.0, time.monotonic() - sent_at - answer.inference_s - answer.queue_s)
         monitor.release()
-        monitor.record_answer(answer.inference_s, round_trip, len(job.payload))
+        monitor.record_answer(answer.inference_s, network, len(job.payload))
         reason = f"failover:{job.failover_from}->{site}" if job.failover_from else ""
-        self._finish(job, "ok", site, reason, answer, max(0.0, round_trip - answer.inference_s))
+        self._finish(job, "ok", site, reason, answer, network)
 
     def _on_failure(self, job: FrameJob, site: str, failure: InferenceFailure) -> None:
         prefix = f"failover:{job.failover_from}->{site}; " if job.failover_from else ""

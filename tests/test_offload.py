@@ -29,7 +29,7 @@ def test_monitor_tracks_service_time_in_flight_and_health() -> None:
     monitor.reserve()
     assert monitor.snapshot().in_flight == 2
     monitor.release()
-    monitor.record_answer(inference_s=0.3, round_trip_s=0.31, bytes_sent=1000)
+    monitor.record_answer(inference_s=0.3, network_s=0.01, bytes_sent=1000)
     state = monitor.snapshot()
     assert state.in_flight == 1 and state.service_s == pytest.approx(0.2)
     assert state.rtt_s == pytest.approx(0.005) and math.isinf(state.uplink_bps)  # EWMA of 0 and 0.01
@@ -40,17 +40,6 @@ def test_monitor_tracks_service_time_in_flight_and_health() -> None:
     assert monitor.snapshot().healthy is True
     monitor.set_ready(False, "ready probe: HTTP 503")
     assert monitor.snapshot().healthy is False and monitor.describe()["uplink_bps"] is None
-
-
-def test_wan_monitor_separates_rtt_from_transfer_time() -> None:
-    monitor = SiteMonitor(SiteConfig(CLOUD, "http://cloud", rtt_s=0.05, uplink_bps=1e6, estimate_uplink=True),
-                          alpha=1.0)
-    monitor.record_answer(inference_s=0.010, round_trip_s=0.030, bytes_sent=1000)   # small frame: ~pure RTT
-    assert monitor.snapshot().rtt_s == pytest.approx(0.020)
-    monitor.record_answer(inference_s=0.010, round_trip_s=0.110, bytes_sent=100_000)  # 80 ms more for 100 kB
-    state = monitor.snapshot()
-    assert state.rtt_s == pytest.approx(0.020)
-    assert state.uplink_bps == pytest.approx(100_000 * 8 / 0.080)
 
 
 def test_queue_drops_oldest_when_full_and_closes() -> None:

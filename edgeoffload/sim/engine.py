@@ -7,7 +7,7 @@ simpy's queue by time, because a simpy event per frame costs more than all the
 model's arithmetic. The two queues are merged exactly: at equal times simpy goes first.
 
 Per frame the policy gets the Observation the real preprocessor would build (see
-observer.py) and afterwards the FrameRecord the testbed would publish.
+edgeoffload/estimate.py, shared with it) and afterwards the FrameRecord the testbed would publish.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from edgeoffload.records import FrameRecord, RecordWriter
 from edgeoffload.sim.distributions import stream
 from edgeoffload.sim.fastinit import direct_constructor
 from edgeoffload.sim.network import WanLink
-from edgeoffload.sim.observer import SiteEstimator
+from edgeoffload.estimate import SiteEstimator
 from edgeoffload.sim.pools import Frame, Pool, make_pool
 from edgeoffload.sim.scenario import CameraGroup, Scenario, load_scenario
 from edgeoffload.sim.stats import SiteAccumulator, SiteSummary, Summary, TimelinePoint
@@ -248,13 +248,13 @@ class Simulation:
         """An answer reached the preprocessor: estimates, statistics, record, policy feedback."""
         view = site.view
         view.in_flight -= 1
-        round_trip = now - frame.captured
+        network_s = frame.uplink_s + frame.up_s + frame.down_s
         sent = frame.size if site.remote else 0
-        view.answered(frame.service, round_trip, frame.size)
-        total_ms = round_trip * 1000.0
+        view.answered(frame.service, network_s, frame.size)
+        total_ms = (now - frame.captured) * 1000.0
         queue_ms = (frame.started - frame.arrived) * 1000.0
         inference_ms = frame.service * 1000.0
-        network_ms = (frame.uplink_s + frame.up_s + frame.down_s) * 1000.0
+        network_ms = network_s * 1000.0
         deadline = frame.deadline_s
         met = None if deadline is None else total_ms <= deadline * 1000.0
         if frame.captured >= self._warmup:

@@ -22,7 +22,7 @@ import yaml
 
 from edgeoffload.hpa import HPAError, HPASpec, find_hpa
 from edgeoffload.sim.distributions import Dist, ScenarioError, constant, load_profile, parse_dist
-from edgeoffload.sim.observer import DEFAULT_ALPHA, DEFAULT_PROBE_INTERVAL_S
+from edgeoffload.estimate import DEFAULT_ALPHA, DEFAULT_PROBE_INTERVAL_S
 
 
 @dataclass(frozen=True, slots=True)

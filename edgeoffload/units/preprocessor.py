@@ -36,6 +36,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from edgeoffload import metrics
+from edgeoffload.estimate import DEFAULT_ALPHA, DEFAULT_PROBE_INTERVAL_S
 from edgeoffload.config import ConfigError, load_config
 from edgeoffload.frames import DEFAULT_MAX_PIXELS, FrameError, decode, encode_jpeg, fit_within, is_image_type, letterbox
 from edgeoffload.messaging import MQTTSettings, Publisher
@@ -73,8 +74,8 @@ class PreprocessorConfig:
     cloud_service_ms: float = 80.0
     cloud_rtt_ms: float = 40.0
     cloud_uplink_mbps: float = 20.0
-    ewma_alpha: float = 0.2
-    health_interval_s: float = 2.0           # ready probe period per site (0 = off)
+    ewma_alpha: float = DEFAULT_ALPHA
+    health_interval_s: float = DEFAULT_PROBE_INTERVAL_S           # ready probe period per site (0 = off)
     max_body_bytes: int = 8 * 1024 * 1024
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_cameras: int = 1024                  # distinct camera ids accepted over HTTP
