@@ -12,6 +12,11 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("edgeoffload.serve", "run a unit (inference, preprocessor, webserver) under gunicorn"),
     "sim": ("edgeoffload.sim.cli", "simulate a scenario (simpy) under a policy and print the summary"),
+    "up": ("edgeoffload.local", "run the whole testbed locally (broker, units, emulated WAN, autoscaler) until Ctrl-C"),
+    "demo": ("edgeoffload.demo", "local testbed + sample-video replay + summary; stops every process at the end"),
+    "trace": ("edgeoffload.load.trace", "generate (gen) or inspect (info) frame-arrival traces"),
+    "replay": ("edgeoffload.load.replay", "replay a trace open-loop against a preprocessor and account for every frame"),
+    "sample-video": ("edgeoffload.load.sample_video", "write the offline sample video (shipped images) as .avi/.mp4"),
     "broker": ("edgeoffload.broker", "EdgeBrokerProvider: print config/ACL, make a password file, run locally"),
 }
 

@@ -1,0 +1,416 @@
+"""`edgeoffload up`: the whole testbed as local processes, wired like the Kubernetes deployment.
+
+    broker (Mosquitto, same password file + ACL as EdgeBrokerProvider)
+    edge pool:  TcpRelay (the Service) -> N inference unit processes (INFER_SITE=edge)
+    cloud pool: TcpRelay with an emulated WAN (delay, bandwidth) -> M inference processes
+    preprocessor -> edge / cloud relay URLs, publishes FrameRecords to the broker
+    webserver    -> reads results and status from the broker
+    autoscaler   -> edgeoffload.hpa over each pool, replica counts retained on MQTT
+
+Every child is started in its own process group and stopped (group-wide) by Testbed.stop(),
+which also runs at interpreter exit and on SIGINT/SIGTERM/SIGHUP, so no process outlives
+the command.
+"""
+from __future__ import annotations
+
+import argparse
+import atexit
+import logging
+import math
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Callable
+
+from edgeoffload.broker import BrokerProcess, find_mosquitto, start_broker
+from edgeoffload.hpa import HPAError, HPASpec, load_hpa_manifests
+from edgeoffload.localscale import LocalAutoscaler, ReplicaPool, default_hpa
+from edgeoffload.messaging import MQTTSettings, Publisher
+from edgeoffload.relay import LinkProfile, TcpRelay
+from edgeoffload.serve import UnitProcess, free_port, start_unit
+
+log = logging.getLogger(__name__)
+SITES = ("edge", "cloud")
+
+
+@dataclass(frozen=True, slots=True)
+class SiteOptions:
+    """One inference pool: which detector, how many replicas to start with and at most."""
+
+    kind: str = "haar-face"                # haar-face | hog-people | darknet | openvino
+    model_path: str | None = None
+    config_path: str | None = None         # darknet .cfg
+    labels_path: str | None = None
+    replicas: int = 1
+    max_replicas: int = 2
+    instances: int = 1                     # detector instances (concurrent inferences) per replica
+
+    def inference_env(self, site: str) -> dict[str, str]:
+        env = {"INFER_SITE": site, "INFER_KIND": self.kind, "INFER_THREADS": "1", "KEEPALIVE": "0"}
+        for name, value in (("MODEL_PATH", self.model_path), ("CONFIG_PATH", self.config_path),
+                            ("LABELS_PATH", self.labels_path)):
+            if value:
+                env[f"INFER_{name}"] = str(Path(value).resolve())
+        return env
+
+
+@dataclass(frozen=True, slots=True)
+class TestbedOptions:
+    """Everything `edgeoffload up` can be told; ports 0 mean "any free port"."""
+
+    __test__ = False  # not a pytest test class
+    host: str = "127.0.0.1"
+    edge: SiteOptions = field(default_factory=SiteOptions)
+    cloud: SiteOptions = field(default_factory=SiteOptions)
+    wan: LinkProfile = field(default_factory=lambda: LinkProfile(delay_s=0.02, uplink_bps=20e6, downlink_bps=100e6))
+    policy: str = "min-latency"
+    max_side: int | None = None            # preprocessor downscale (PRE_MAX_SIDE); None = the unit's default
+    autoscale: bool = True
+    hpa_file: str | None = None            # autoscale.yml; HPAs named after the inference units
+    sync_period_s: float = 15.0
+    broker_port: int = 0
+    preprocessor_port: int = 0
+    web_port: int = 0
+    workdir: str | None = None
+
+
+def hpa_for(options: TestbedOptions, site: str) -> HPASpec:
+    """The pool's HPA: from the manifest file if given, else the built-in default.
+
+    In a manifest the HPA of a pool is the one whose name or scaleTargetRef mentions both the
+    site and "inference" (e.g. edge-inference, CloudInferenceUnit); its maxReplicas is capped
+    by the pool's --SITE-max-replicas, since every local replica shares this machine's CPUs.
+    """
+    site_options = options.edge if site == "edge" else options.cloud
+    if options.hpa_file:
+        spec = _hpa_of_site(load_hpa_manifests(options.hpa_file), site, options.hpa_file)
+        return HPASpec(min_replicas=spec.min_replicas,
+                       max_replicas=max(spec.min_replicas, min(spec.max_replicas, site_options.max_replicas)),
+                       metrics=spec.metrics, behavior=spec.behavior, tolerance=spec.tolerance,
+                       sync_period_s=options.sync_period_s, name=spec.name, target=spec.target)
+    return default_hpa(max_replicas=max(site_options.max_replicas, 1), in_flight_target=float(site_options.instances),
+                       sync_period_s=options.sync_period_s)
+
+
+def _hpa_of_site(specs: list[HPASpec], site: str, path: str) -> HPASpec:
+    matches = [spec for spec in specs
+               if any(site in name.lower() and "inference" in name.lower() for name in (spec.name, spec.target))]
+    if len(matches) != 1:
+        found = ", ".join(f"{s.name} -> {s.target}" for s in specs) or "none"
+        raise HPAError(f"{path}: expected one HPA for the {site} inference unit, found {len(matches)} (HPAs: {found})")
+    return matches[0]
+
+
+class Testbed:
+    """The running local testbed; start() brings it up, stop() takes every process down."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, options: TestbedOptions = TestbedOptions()) -> None:
+        self.options = options
+        self.workdir = Path(options.workdir or tempfile.mkdtemp(prefix="edgeoffload-testbed-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log_dir = self.workdir / "logs"
+        self.broker: BrokerProcess | None = None
+        self.relays: dict[str, TcpRelay] = {}
+        self.pools: dict[str, ReplicaPool] = {}
+        self.preprocessor: UnitProcess | None = None
+        self.webserver: UnitProcess | None = None
+        self.autoscaler: LocalAutoscaler | None = None
+        self._status_publisher: Publisher | None = None
+        self._stop_lock = threading.Lock()
+        self._pid_lock = threading.Lock()
+        self._stopped = False
+
+    # -- addresses ---------------------------------------------------------------------------
+    @property
+    def preprocessor_url(self) -> str:
+        assert self.preprocessor is not None, "testbed not started"
+        return self.preprocessor.url
+
+    @property
+    def web_url(self) -> str:
+        assert self.webserver is not None, "testbed not started"
+        return self.webserver.url
+
+    def mqtt_settings(self, role: str) -> MQTTSettings:
+        assert self.broker is not None, "testbed not started"
+        return MQTTSettings(host=self.broker.host, port=self.broker.port, username=role,
+                            password=self.broker.users[role])
+
+    @property
+    def pid_file(self) -> Path:
+        return self.workdir / "pids"
+
+    def child_pids(self) -> list[int]:
+        """Process-group leaders of every child (each child runs in a group of its own)."""
+        pids = [pid for pool in self.pools.values() for pid in pool.pids()]
+        pids += [unit.process.pid for unit in (self.preprocessor, self.webserver) if unit is not None]
+        if self.broker is not None and self.broker.process is not None:
+            pids.append(self.broker.process.pid)
+        return pids
+
+    def _write_pid_file(self) -> None:
+        """Every process group ever started, so a run killed with SIGKILL can still be cleaned up
+        (`xargs -n1 -I{} kill -- -{} < pids`) and tests can prove nothing outlived stop()."""
+        with self._pid_lock:
+            known = set(self.pid_file.read_text().split()) if self.pid_file.exists() else set()
+            known.update(str(pid) for pid in self.child_pids())
+            self.pid_file.write_text("\n".join(sorted(known, key=int)) + "\n")
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self, progress: Callable[[str], None] = lambda _m: None) -> "Testbed":
+        atexit.register(self.stop)
+        try:
+            self._start(progress)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self, progress: Callable[[str], None]) -> None:
+        opts = self.options
+        if find_mosquitto() is None:
+            raise FileNotFoundError("mosquitto is not installed (make system-deps, or apt-get install mosquitto)")
+        progress("starting broker")
+        # Mosquitto started as root drops to user `mosquitto`, which cannot traverse private
+        # (0700) parents such as pytest's or mkdtemp's: the broker gets a top-level temp dir.
+        self.broker = start_broker(opts.broker_port or None, opts.host, persistence=False)
+        self._write_pid_file()
+        progress("starting edge and cloud inference replicas")
+        site_options = {"edge": opts.edge, "cloud": opts.cloud}
+        for site in SITES:
+            link = opts.wan if site == "cloud" else None
+            self.relays[site] = TcpRelay(host=opts.host, link=link, name=f"{site}-relay").start()
+            self.pools[site] = ReplicaPool(site, site_options[site].inference_env(site), self.relays[site],
+                                           self.log_dir, instances=site_options[site].instances,
+                                           on_change=self._write_pid_file)
+        with ThreadPoolExecutor(len(SITES)) as starter:  # model loading overlaps
+            for future in [starter.submit(self.pools[s].scale_to, max(1, site_options[s].replicas)) for s in SITES]:
+                future.result()
+        progress("starting preprocessor and webserver")
+        with ThreadPoolExecutor(2) as starter:
+            started = {
+                "preprocessor": starter.submit(start_unit, "preprocessor", env=self._preprocessor_env(),
+                                               port=port_or_free(opts.host, opts.preprocessor_port), host=opts.host,
+                                               workers=1, threads=8, log_dir=self.log_dir),
+                "webserver": starter.submit(start_unit, "webserver", env=self._webserver_env(),
+                                            port=port_or_free(opts.host, opts.web_port), host=opts.host, workers=1,
+                                            threads=16, log_dir=self.log_dir)}
+        failures = []
+        for name, future in started.items():  # keep whichever started, so stop() ends it
+            try:
+                setattr(self, name, future.result())
+            except Exception as exc:
+                failures.append(exc)
+        if failures:
+            raise failures[0]
+        self._write_pid_file()
+        self._status_publisher = Publisher(self.mqtt_settings("autoscaler"), unit="autoscaler").start()
+        if opts.autoscale:
+            pools = {site: (self.pools[site], hpa_for(opts, site)) for site in SITES}
+            self.autoscaler = LocalAutoscaler(pools, publish=self._status_publisher.publish_status).start()
+        self._status_publisher.publish_status({"state": "running", "pools": {
+            site: {"replicas": pool.size, "desired": pool.size, "reason": "initial", "metrics": {}}
+            for site, pool in self.pools.items()}})
+
+    def _preprocessor_env(self) -> dict[str, str]:
+        assert self.broker is not None
+        return {
+            "PRE_EDGE_URL": self.relays["edge"].url,
+            "PRE_CLOUD_URL": self.relays["cloud"].url,
+            "PRE_POLICY": self.options.policy,
+            **({"PRE_MAX_SIDE": str(self.options.max_side)} if self.options.max_side is not None else {}),
+            # The policy's starting estimates of the emulated WAN (measurements replace them).
+            "PRE_CLOUD_RTT_MS": f"{2000 * self.options.wan.delay_s:g}",
+            "PRE_CLOUD_UPLINK_MBPS": f"{min(self.options.wan.uplink_bps, 1e12) / 1e6:g}",
+            "PRE_EDGE_REPLICAS": str(self.pools["edge"].size),
+            "PRE_CLOUD_REPLICAS": str(self.pools["cloud"].size),
+            "PRE_MQTT_HOST": self.broker.host,
+            "PRE_MQTT_PORT": str(self.broker.port),
+            "PRE_MQTT_USER": "preprocessor",
+            "PRE_MQTT_PASSWORD": self.broker.users["preprocessor"],
+        }
+
+    def _webserver_env(self) -> dict[str, str]:
+        assert self.broker is not None
+        return {
+            "WEB_MQTT_HOST": self.broker.host,
+            "WEB_MQTT_PORT": str(self.broker.port),
+            "WEB_MQTT_USERNAME": "webserver",
+            "WEB_MQTT_PASSWORD": self.broker.users["webserver"],
+            "WEB_RESULTS_DIR": str(self.workdir / "results"),
+        }
+
+    def stop(self) -> None:
+        """Stop everything, in reverse order; safe to call twice and from a signal handler."""
+        with self._stop_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        steps: list[tuple[str, Callable[[], object]]] = []
+        if self.autoscaler is not None:
+            steps.append(("autoscaler", self.autoscaler.stop))
+        if self._status_publisher is not None:
+            steps.append(("status publisher", lambda: self._status_publisher.close(2.0, offline_status={})))
+        # The preprocessor drains its queues into the inference pools and flushes its records to
+        # the broker, so it stops before them, and the broker stops last.
+        steps += [(unit.unit, unit.stop) for unit in (self.webserver, self.preprocessor) if unit is not None]
+        steps += [(f"{name} pool", pool.stop) for name, pool in self.pools.items()]
+        steps += [(f"{name} relay", relay.stop) for name, relay in self.relays.items()]
+        if self.broker is not None:
+            broker = self.broker
+            steps += [("broker", broker.stop), ("broker files", lambda: shutil.rmtree(broker.workdir, True))]
+        for name, step in steps:
+            try:
+                step()
+            except Exception:  # keep going: every other process must still be stopped
+                log.exception("stopping %s failed", name)
+        atexit.unregister(self.stop)
+
+    def __enter__(self) -> "Testbed":
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def scaling_rows(self) -> list[tuple[str, str]]:
+        """Replica counts per pool for a summary table (rescales include the initial start)."""
+        return [(f"{site} replicas", f"{pool.size} now, peak {pool.peak}, {max(0, pool.rescales - 1)} autoscaler change(s)")
+                for site, pool in self.pools.items()]
+
+    def describe(self) -> str:
+        lines = [f"web page:      {self.web_url}/",
+                 f"preprocessor:  {self.preprocessor_url}/process?camera=ID  (POST JPEG frames)",
+                 f"broker:        mqtt://{self.broker.host}:{self.broker.port}" if self.broker else "broker: -"]
+        for site in SITES:
+            wan = ""
+            if site == "cloud" and self.relays[site].link:
+                link = self.options.wan
+                wan = f" via WAN {1000 * link.delay_s:.0f} ms one-way, {_mbps(link.uplink_bps)} up / {_mbps(link.downlink_bps)} down"
+            lines.append(f"{site + ' pool:':<15}{self.relays[site].url} -> {self.pools[site].size} replica(s){wan}")
+        if self.broker:
+            lines.append(f"replay into it: edgeoffload replay TRACE --target {self.preprocessor_url} "
+                         f"--mqtt-port {self.broker.port} --mqtt-user monitor "
+                         f"--mqtt-password {self.broker.users['monitor']}  (local, per-run password)")
+        lines.append(f"logs:          {self.log_dir}")
+        return "\n".join(lines)
+
+
+def port_or_free(host: str, port: int) -> int:
+    """`port` if it can be bound on `host` now, else (with a warning) any free port; 0 = any."""
+    if port:
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((host, port))
+            return port
+        except OSError:
+            log.warning("port %d on %s is in use; using a free port instead", port, host)
+    return free_port(host)
+
+
+def _mbps(bps: float) -> str:
+    return "unlimited" if math.isinf(bps) else f"{bps / 1e6:g} Mbit/s"
+
+
+class StopOnSignals:
+    """Turn SIGINT/SIGTERM/SIGHUP into a `stop` event (restoring the previous handlers after)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> threading.Event:
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self.event
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self.event.is_set():  # second Ctrl-C: stop waiting politely
+            raise KeyboardInterrupt
+        print(f"\n{signal.Signals(signum).name}: stopping the testbed...", file=sys.stderr)
+        self.event.set()
+
+    def __exit__(self, *_exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+
+
+# --- command line ---------------------------------------------------------------------------
+
+def add_testbed_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by `up` and `demo`."""
+    for site in SITES:
+        parser.add_argument(f"--{site}-detector", default="haar-face",
+                            choices=("haar-face", "hog-people", "darknet", "openvino"))
+        parser.add_argument(f"--{site}-model", help="model file (.weights for darknet, .xml/.onnx for openvino)")
+        parser.add_argument(f"--{site}-config", help="darknet .cfg")
+        parser.add_argument(f"--{site}-replicas", type=int, default=1, help="replicas at start")
+        parser.add_argument(f"--{site}-max-replicas", type=int, default=2, help="autoscaler upper bound")
+    parser.add_argument("--policy", default="min-latency", help="offloading policy (name, module:attr or file.py:attr)")
+    parser.add_argument("--max-side", type=int, default=None,
+                        help="preprocessor downscales frames to this longer side (default: the unit's, 640)")
+    parser.add_argument("--wan-delay-ms", type=float, default=20.0, help="one-way edge<->cloud delay")
+    parser.add_argument("--wan-up-mbps", type=float, default=20.0, help="edge->cloud bandwidth (0 = unlimited)")
+    parser.add_argument("--wan-down-mbps", type=float, default=100.0, help="cloud->edge bandwidth (0 = unlimited)")
+    parser.add_argument("--no-autoscale", action="store_true", help="keep the starting replica counts")
+    parser.add_argument("--hpa", default=None, help="autoscale.yml to take the HPAs from (default: built-in)")
+    parser.add_argument("--sync-period", type=float, default=15.0, help="autoscaler sync period (s)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080, help="preprocessor port (0 = any)")
+    parser.add_argument("--web-port", type=int, default=8000, help="web page port (0 = any)")
+    parser.add_argument("--mqtt-port", type=int, default=0, help="broker port (0 = any)")
+    parser.add_argument("--workdir", default=None, help="logs, broker files (default: a temp dir)")
+
+
+def options_from(args: argparse.Namespace) -> TestbedOptions:
+    def site(name: str) -> SiteOptions:
+        return SiteOptions(kind=getattr(args, f"{name}_detector"), model_path=getattr(args, f"{name}_model"),
+                           config_path=getattr(args, f"{name}_config"), replicas=getattr(args, f"{name}_replicas"),
+                           max_replicas=getattr(args, f"{name}_max_replicas"))
+
+    def bps(mbps: float) -> float:
+        return math.inf if mbps <= 0 else mbps * 1e6
+
+    return TestbedOptions(host=args.host, edge=site("edge"), cloud=site("cloud"),
+                          wan=LinkProfile(args.wan_delay_ms / 1000.0, bps(args.wan_up_mbps), bps(args.wan_down_mbps)),
+                          policy=args.policy, max_side=args.max_side, autoscale=not args.no_autoscale, hpa_file=args.hpa,
+                          sync_period_s=args.sync_period, broker_port=args.mqtt_port,
+                          preprocessor_port=args.port, web_port=args.web_port, workdir=args.workdir)
+
+
+def _say(message: str) -> None:
+    print(f"edgeoffload: {message}", file=sys.stderr, flush=True)
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    """`edgeoffload up`: run the local testbed until Ctrl-C."""
+    add_testbed_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    with StopOnSignals() as stop, Testbed(options_from(args)) as testbed:
+        testbed_ready(testbed)
+        while not stop.wait(0.5):
+            pass
+    return 0
+
+
+def testbed_ready(testbed: Testbed) -> None:
+    print(testbed.describe(), flush=True)
+    _say("testbed running; Ctrl-C stops every process")
+
+
+__all__ = ["Testbed", "TestbedOptions", "SiteOptions", "StopOnSignals", "add_testbed_arguments", "options_from",
+           "hpa_for"]

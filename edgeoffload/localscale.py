@@ -1,0 +1,272 @@
+"""The local autoscaler: the Kubernetes HPA algorithm (edgeoffload.hpa) over local processes.
+
+`edgeoffload up` has no cluster, so each inference "Deployment" is a ReplicaPool of
+gunicorn unit processes behind a TcpRelay (the "Service"). Every sync period the
+autoscaler feeds the HPA controller per-replica samples, exactly as metrics-server and a
+Prometheus adapter would: CPU cores used (from /proc, against a per-replica CPU request)
+and the in-flight gauge scraped from each replica's /metrics, averaged over the period
+(like `avg_over_time`), then starts or stops replicas and publishes the replica counts
+retained on `edgeoffload/status/autoscaler`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+from urllib.parse import urlparse
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from edgeoffload.hpa import HPAController, HPAError, HPASpec, MetricTarget, PodSample
+from edgeoffload.relay import TcpRelay
+from edgeoffload.serve import UnitProcess, start_unit
+
+log = logging.getLogger(__name__)
+IN_FLIGHT_METRIC = "edgeoffload_inference_in_flight"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def default_hpa(max_replicas: int = 3, in_flight_target: float = 1.0, sync_period_s: float = 15.0) -> HPASpec:
+    """The local default: scale on in-flight requests per replica (the custom metric of autoscale.yml).
+
+    A target of one in-flight request per detector instance means "busy all the time"; the
+    preprocessor bounds its concurrent requests per site, so a higher target might never be reached.
+    """
+    return HPASpec(min_replicas=1, max_replicas=max_replicas,
+                   metrics=(MetricTarget("Pods", IN_FLIGHT_METRIC, "AverageValue", in_flight_target),),
+                   sync_period_s=sync_period_s)
+
+
+def check_servable(spec: HPASpec) -> None:
+    """The local autoscaler knows two metrics: cpu (Resource) and in-flight requests (Pods)."""
+    for metric in spec.metrics:
+        if metric.kind == "Resource" and metric.name != "cpu":
+            raise HPAError(f"local autoscaler: resource metric {metric.name!r} is not measured (only cpu)")
+        if metric.kind == "Pods" and "in_flight" not in metric.name:
+            raise HPAError(f"local autoscaler: pods metric {metric.name!r} is not served (only in-flight)")
+
+
+def scrape_in_flight(url: str, timeout: float = 2.0) -> float | None:
+    """Current value of the in-flight gauge at `url`/metrics (summed over label sets), or None."""
+    try:
+        with urllib.request.urlopen(url + "/metrics", timeout=timeout) as response:
+            text = response.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    total, found = 0.0, False
+    for family in text_string_to_metric_families(text):
+        if family.name == IN_FLIGHT_METRIC:
+            for sample in family.samples:
+                total += sample.value
+                found = True
+    return total if found else None
+
+
+def process_tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and all its descendants (gunicorn master + workers)."""
+    total, stack = 0.0, [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+            for task in Path(f"/proc/{current}/task").iterdir():
+                children = (task / "children").read_text().split()
+                stack.extend(int(child) for child in children)
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+@dataclass
+class ReplicaWindow:
+    """Samples of one replica since the last sync: in-flight readings and a CPU-time baseline."""
+
+    in_flight: list[float] = field(default_factory=list)
+    cpu_start_s: float = 0.0
+    wall_start: float = 0.0
+
+    def reset(self, cpu_s: float, now: float) -> None:
+        self.in_flight.clear()
+        self.cpu_start_s, self.wall_start = cpu_s, now
+
+
+class ReplicaPool:
+    """Replicas of one inference unit behind a relay; scale_to() starts/stops gunicorn processes."""
+
+    def __init__(self, name: str, env: Mapping[str, str], relay: TcpRelay, log_dir: Path,
+                 instances: int = 1, spare_threads: int = 4, cpu_request: float = 1.0,
+                 on_change: Callable[[], None] | None = None) -> None:
+        self.name = name
+        self.on_change = on_change
+        # `instances` detectors per replica; the spare gunicorn threads hold requests waiting for
+        # one (so in-flight counts the queue, as on a pod) and keep /metrics answering under load.
+        self.env = {**env, "INFER_INSTANCES": str(instances)}
+        self.relay = relay
+        self.log_dir = log_dir
+        self.threads = instances + max(1, spare_threads)
+        self.cpu_request = cpu_request
+        self.replicas: list[UnitProcess] = []
+        self.peak = 0            # most replicas at once
+        self.rescales = 0        # scale_to calls that changed the count
+        self.windows: dict[int, ReplicaWindow] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def size(self) -> int:
+        with self._lock:
+            return len(self.replicas)
+
+    def scale_to(self, count: int) -> None:
+        """Add replicas (each ready before it receives traffic) or retire the newest ones."""
+        if count != self.size:
+            self.rescales += 1
+        while self.size < count:
+            unit = start_unit("inference", env=self.env, workers=1, threads=self.threads, log_dir=self.log_dir)
+            with self._lock:
+                self.replicas.append(unit)
+                self.windows[unit.process.pid] = ReplicaWindow(cpu_start_s=process_tree_cpu_seconds(unit.process.pid),
+                                                               wall_start=time.monotonic())
+            self._publish_backends()
+            self.peak = max(self.peak, self.size)
+            log.info("%s: replica %s started (%d now)", self.name, unit.url, self.size)
+            if self.on_change:
+                self.on_change()
+        while self.size > max(count, 0):
+            with self._lock:
+                unit = self.replicas.pop()
+                self.windows.pop(unit.process.pid, None)
+            self._publish_backends()  # stop routing new connections before stopping the process
+            unit.stop()
+            log.info("%s: replica %s stopped (%d now)", self.name, unit.url, self.size)
+            if self.on_change:
+                self.on_change()
+
+    def _publish_backends(self) -> None:
+        with self._lock:
+            addresses = [(urlparse(u.url).hostname or "127.0.0.1", urlparse(u.url).port or 80) for u in self.replicas]
+        self.relay.set_backends(addresses)
+
+    def sample(self) -> None:
+        """Take one in-flight reading per replica (called several times per sync period)."""
+        with self._lock:
+            replicas = list(self.replicas)
+        for unit in replicas:
+            value = scrape_in_flight(unit.url)
+            with self._lock:
+                window = self.windows.get(unit.process.pid)
+                if window is not None and value is not None:
+                    window.in_flight.append(value)
+
+    def pids(self) -> list[int]:
+        with self._lock:
+            return [unit.process.pid for unit in self.replicas]
+
+    def pod_samples(self, spec: HPASpec, now: float) -> list[PodSample]:
+        """One PodSample per replica with the window's averages; the windows restart."""
+        samples = []
+        with self._lock:
+            replicas = list(self.replicas)
+        for unit in replicas:
+            pid = unit.process.pid
+            alive = unit.process.poll() is None
+            cpu_now = process_tree_cpu_seconds(pid)
+            with self._lock:
+                window = self.windows.setdefault(pid, ReplicaWindow(cpu_start_s=cpu_now, wall_start=now))
+                values: dict[str, float] = {}
+                elapsed = now - window.wall_start
+                for metric in spec.metrics:
+                    if metric.kind == "Resource" and elapsed > 0:
+                        values["cpu"] = max(0.0, cpu_now - window.cpu_start_s) / elapsed
+                    elif metric.kind == "Pods" and window.in_flight:
+                        values[metric.name] = sum(window.in_flight) / len(window.in_flight)
+                window.reset(cpu_now, now)
+            samples.append(PodSample(name=f"{self.name}-{pid}", ready=alive, phase="Running" if alive else "Failed",
+                                     values=values, requests={"cpu": self.cpu_request}))
+        return samples
+
+    def stop(self) -> None:
+        self.scale_to(0)
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleStatus:
+    """What the autoscaler last did for one pool (published retained for the web page)."""
+
+    pool: str
+    replicas: int
+    desired: int
+    reason: str
+    metrics: dict[str, float]
+
+
+class LocalAutoscaler:
+    """Runs HPAController.step for each pool every sync period, in a background thread."""
+
+    def __init__(self, pools: Mapping[str, tuple[ReplicaPool, HPASpec]],
+                 publish: Callable[[dict], object] | None = None, samples_per_sync: int = 5) -> None:
+        for _, spec in pools.values():
+            check_servable(spec)
+        self.pools = dict(pools)
+        self.controllers = {name: HPAController(spec) for name, (_, spec) in self.pools.items()}
+        self.publish = publish
+        self.samples_per_sync = max(1, samples_per_sync)
+        self.history: list[ScaleStatus] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="local-autoscaler")
+
+    def start(self) -> "LocalAutoscaler":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def sync(self, now: float) -> list[ScaleStatus]:
+        """One reconcile of every pool (public so tests can drive it without waiting)."""
+        statuses = []
+        for name, (pool, spec) in self.pools.items():
+            pods = pool.pod_samples(spec, now)
+            current = pool.size
+            desired = self.controllers[name].step(now, current, pods)
+            decision = self.controllers[name].last
+            if desired != current:
+                log.info("autoscaler %s: %d -> %d (%s)", name, current, desired, decision.reason if decision else "")
+                pool.scale_to(desired)
+            averages = {metric: sum(p.values.get(metric, 0.0) for p in pods) / max(1, len(pods))
+                        for metric in {m for p in pods for m in p.values}}
+            statuses.append(ScaleStatus(name, pool.size, desired, decision.reason if decision else "", averages))
+        self.history.extend(statuses)
+        if self.publish is not None:
+            self.publish({"state": "running", "pools": {s.pool: {"replicas": s.replicas, "desired": s.desired,
+                                                                 "reason": s.reason, "metrics": s.metrics}
+                                                        for s in statuses}})
+        return statuses
+
+    def _loop(self) -> None:
+        periods = {spec.sync_period_s for _, spec in self.pools.values()}
+        period = min(periods) if periods else 15.0
+        next_sync = time.monotonic() + period
+        while not self._stop.is_set():
+            for _ in range(self.samples_per_sync):
+                for pool, _spec in self.pools.values():
+                    pool.sample()
+                if self._stop.wait(period / self.samples_per_sync):
+                    return
+            now = time.monotonic()
+            if now >= next_sync - 1e-3:
+                try:
+                    self.sync(now)
+                except Exception:  # a failed scale-up must not end autoscaling for the rest of the run
+                    log.exception("autoscaler sync failed")
+                next_sync = now + period
+
+
+__all__ = ["LocalAutoscaler", "ReplicaPool", "ScaleStatus", "default_hpa", "check_servable",
+           "scrape_in_flight", "process_tree_cpu_seconds", "IN_FLIGHT_METRIC"]

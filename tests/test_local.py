@@ -1,0 +1,156 @@
+"""The local testbed: every unit comes up wired together, and nothing outlives it."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from edgeoffload.load.sample_video import SampleVideoSpec, sample_jpegs
+from edgeoffload.local import SiteOptions, Testbed, TestbedOptions
+from edgeoffload.messaging import Subscriber
+
+# Runs a command module the way edgeoffload.cli does (register + run), without the COMMANDS table.
+RUNNER = ("import argparse, importlib, sys; module = importlib.import_module(sys.argv[1]); "
+          "parser = argparse.ArgumentParser(); module.register(parser); "
+          "sys.exit(module.run(parser.parse_args(sys.argv[2:])))")
+FREE_PORTS = ["--port", "0", "--web-port", "0"]
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _wait_gone(pids: list[int], timeout: float = 10.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while (alive := [pid for pid in pids if _group_alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return alive
+
+
+def _pids(workdir: Path) -> list[int]:
+    return [int(line) for line in (workdir / "pids").read_text().split()]
+
+
+def test_testbed_wires_every_unit_and_stops_every_process(tmp_path: Path) -> None:
+    options = TestbedOptions(edge=SiteOptions(), cloud=SiteOptions(), sync_period_s=1.0, workdir=str(tmp_path))
+    testbed = Testbed(options).start()
+    try:
+        statuses: dict[str, dict] = {}
+        watcher = Subscriber(testbed.mqtt_settings("monitor"), topics=("edgeoffload/status/#",),
+                             on_status=lambda topic, status: statuses.__setitem__(topic, status)).start()
+        assert watcher.wait_subscribed(10)
+        frame = sample_jpegs(SampleVideoSpec(frames_per_scene=1, scenes=("astronaut",)))[0]
+        answer = requests.post(testbed.preprocessor_url + "/process", params={"camera": "wired", "wait": "1"},
+                               data=frame, headers={"Content-Type": "image/jpeg"}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        record = answer.json()
+        assert record["status"] == "ok" and record["site"] in ("edge", "cloud")
+        assert record["model"].startswith(record["site"] + "/haar-face")
+        assert requests.get(testbed.web_url + "/healthz", timeout=5).status_code == 200
+        deadline = time.monotonic() + 10
+        while "edgeoffload/status/autoscaler" not in statuses and time.monotonic() < deadline:
+            time.sleep(0.1)
+        watcher.close()
+        pools = statuses["edgeoffload/status/autoscaler"]["pools"]
+        assert pools["edge"]["replicas"] == pools["cloud"]["replicas"] == 1
+        pids = testbed.child_pids()
+        assert len(pids) == 5  # broker, 2 inference replicas, preprocessor, webserver
+        assert sorted(pids) == sorted(_pids(tmp_path))
+    finally:
+        testbed.stop()
+    assert _wait_gone(pids, timeout=1.0) == []
+    testbed.stop()  # idempotent
+
+
+def test_cloud_requests_cross_the_emulated_wan(tmp_path: Path) -> None:
+    from edgeoffload.relay import LinkProfile
+
+    options = TestbedOptions(wan=LinkProfile(delay_s=0.1), policy="cloud-only", autoscale=False, workdir=str(tmp_path))
+    with Testbed(options) as testbed:
+        frame = sample_jpegs(SampleVideoSpec(frames_per_scene=1, scenes=("chelsea",)))[0]
+        answer = requests.post(testbed.preprocessor_url + "/process", params={"camera": "wan", "wait": "1"},
+                               data=frame, headers={"Content-Type": "image/jpeg"}, timeout=30).json()
+        assert answer["site"] == "cloud"
+        assert answer["t_network_ms"] >= 200  # one round trip through a 100 ms one-way link
+        assert testbed.relays["cloud"].uplink.bytes >= answer["bytes_sent"]
+
+
+def test_demo_command_accounts_for_every_frame_and_leaves_no_process(tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-c", RUNNER, "edgeoffload.demo", "--cameras", "2", "--fps", "2", "--duration", "3",
+         "--quiet", "--workdir", str(tmp_path), *FREE_PORTS],
+        capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "accounted (1 record each)  12/12" in completed.stdout
+    assert "web page: http://127.0.0.1:" in completed.stdout
+    assert (tmp_path / "results" / "demo" / "summary.json").is_file()
+    assert len((tmp_path / "results" / "demo" / "records.csv").read_text().splitlines()) == 13
+    pids = _pids(tmp_path)
+    assert len(pids) >= 5
+    assert _wait_gone(pids, timeout=1.0) == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_up_stops_every_process_on_a_signal(tmp_path: Path, sig: signal.Signals) -> None:
+    process = subprocess.Popen([sys.executable, "-c", RUNNER, "edgeoffload.local", "--workdir", str(tmp_path),
+                                "--sync-period", "1", *FREE_PORTS],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in process.stderr:  # type: ignore[union-attr]
+            if "testbed running" in line:
+                break
+        pids = _pids(tmp_path)
+        assert len(pids) == 5
+        assert all(_group_alive(pid) for pid in pids)
+        process.send_signal(sig)
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert "web page:" in process.stdout.read()  # type: ignore[union-attr]
+    assert _wait_gone(pids, timeout=1.0) == []
+
+
+def test_pool_hpas_come_from_an_autoscale_manifest(tmp_path: Path) -> None:
+    from edgeoffload.hpa import HPAError
+    from edgeoffload.local import hpa_for
+
+    manifest = tmp_path / "autoscale.yml"
+    manifest.write_text("""
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {name: edge-inference}
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: edge-inference}
+  minReplicas: 1
+  maxReplicas: 6
+  metrics:
+  - type: Pods
+    pods: {metric: {name: edgeoffload_inference_in_flight}, target: {type: AverageValue, averageValue: 1500m}}
+---
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {name: preprocessor}
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: preprocessor}
+  maxReplicas: 1
+""")
+    options = TestbedOptions(edge=SiteOptions(max_replicas=3), hpa_file=str(manifest), sync_period_s=2.0)
+    edge = hpa_for(options, "edge")
+    assert (edge.min_replicas, edge.max_replicas, edge.sync_period_s) == (1, 3, 2.0)
+    assert edge.metrics[0].name == "edgeoffload_inference_in_flight" and edge.metrics[0].value == 1.5
+    with pytest.raises(HPAError, match="cloud inference unit, found 0"):
+        hpa_for(options, "cloud")
+    default = hpa_for(TestbedOptions(), "cloud")
+    assert default.metrics[0].kind == "Pods" and default.metrics[0].value == 1.0

@@ -1,0 +1,118 @@
+"""Local autoscaler: real inference replicas behind a relay, scaled by the HPA algorithm."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from edgeoffload.hpa import Behavior, HPAError, HPASpec, MetricTarget, ScalingPolicy, ScalingRules
+from edgeoffload.load.sample_video import SampleVideoSpec, sample_jpegs
+from edgeoffload.localscale import (IN_FLIGHT_METRIC, LocalAutoscaler, ReplicaPool, check_servable, default_hpa,
+                                    process_tree_cpu_seconds, scrape_in_flight)
+from edgeoffload.relay import TcpRelay
+
+FAST_DOWN = Behavior(scale_down=ScalingRules(0, (ScalingPolicy("Percent", 100, 15),)))
+
+
+@pytest.fixture
+def pool(tmp_path: Path):
+    relay = TcpRelay().start()
+    replicas = ReplicaPool("edge", {"INFER_SITE": "edge", "INFER_KIND": "haar-face", "KEEPALIVE": "0"}, relay,
+                           tmp_path, instances=1)
+    replicas.scale_to(1)
+    yield replicas
+    replicas.stop()
+    relay.stop()
+
+
+def _flood(url: str, stop: threading.Event, frame: bytes) -> None:
+    with requests.Session() as session:
+        while not stop.is_set():
+            session.post(url + "/infer", data=frame, headers={"Content-Type": "image/jpeg"}, timeout=30)
+
+
+def test_idle_replica_reports_zero_in_flight_and_its_cpu_time(pool: ReplicaPool) -> None:
+    url = pool.replicas[0].url
+    assert scrape_in_flight(url) == 0.0
+    assert process_tree_cpu_seconds(pool.replicas[0].process.pid) > 0.1  # python + OpenCV + model load
+    assert scrape_in_flight("http://127.0.0.1:9") is None
+
+
+def test_process_tree_cpu_counts_children() -> None:
+    busy = "import subprocess, sys; subprocess.run([sys.executable, '-c', 'x=0\\nfor i in range(10**8): x+=i'])"
+    parent = subprocess.Popen([sys.executable, "-c", busy], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20  # a generous bound: the machine may be busy
+        while process_tree_cpu_seconds(parent.pid) < 0.5 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        # The parent only waits; 0.5 CPU-seconds can only come from the grandchild.
+        assert process_tree_cpu_seconds(parent.pid) >= 0.5
+    finally:
+        os.killpg(parent.pid, signal.SIGKILL)
+        parent.wait()
+
+
+def test_scales_up_under_load_and_back_down_when_idle(pool: ReplicaPool) -> None:
+    spec = HPASpec(min_replicas=1, max_replicas=2, behavior=FAST_DOWN, sync_period_s=1.0,
+                   metrics=(MetricTarget("Pods", IN_FLIGHT_METRIC, "AverageValue", 1.0),))
+    published: list[dict] = []
+    autoscaler = LocalAutoscaler({"edge": (pool, spec)}, publish=published.append)
+    frame = sample_jpegs(SampleVideoSpec(frames_per_scene=1, scenes=("coffee",)))[0]
+    stop = threading.Event()
+    flooders = [threading.Thread(target=_flood, args=(pool.relay.url, stop, frame)) for _ in range(6)]
+    for thread in flooders:
+        thread.start()
+    try:
+        time.sleep(1.0)
+        for _ in range(8):
+            pool.sample()
+            time.sleep(0.15)
+        (status,) = autoscaler.sync(time.monotonic())
+    finally:
+        stop.set()
+        for thread in flooders:
+            thread.join()
+    assert status.desired == 2 and pool.size == 2
+    assert status.metrics[IN_FLIGHT_METRIC] > 1.0
+    assert len(pool.relay.backends) == 2
+    assert published[-1]["pools"]["edge"]["replicas"] == 2
+    for _ in range(3):
+        pool.sample()
+    (status,) = autoscaler.sync(time.monotonic() + 1)
+    assert status.desired == 1 and pool.size == 1 and len(pool.relay.backends) == 1
+    assert pool.peak == 2
+
+
+def test_cpu_metric_is_utilisation_of_the_request(pool: ReplicaPool) -> None:
+    spec = HPASpec(min_replicas=1, max_replicas=3, metrics=(MetricTarget("Resource", "cpu", "Utilization", 50),))
+    pool.pod_samples(spec, time.monotonic())  # restart the window
+    time.sleep(1.0)
+    (idle,) = pool.pod_samples(spec, time.monotonic())
+    frame = sample_jpegs(SampleVideoSpec(frames_per_scene=1, scenes=("rocket",)))[0]
+    stop = threading.Event()
+    flooder = threading.Thread(target=_flood, args=(pool.relay.url, stop, frame))
+    flooder.start()
+    time.sleep(2.0)
+    stop.set()
+    flooder.join()
+    (busy,) = pool.pod_samples(spec, time.monotonic())
+    # Cores used over the window (the HPA divides by the 1-core request); bounds allow for a busy machine.
+    assert idle.values["cpu"] < 0.1
+    assert 0.1 < busy.values["cpu"] <= 2.2
+    assert busy.values["cpu"] > 3 * idle.values["cpu"]
+    assert busy.requests == {"cpu": 1.0}
+
+
+def test_only_measurable_metrics_are_accepted() -> None:
+    check_servable(default_hpa())
+    with pytest.raises(HPAError, match="memory"):
+        check_servable(HPASpec(metrics=(MetricTarget("Resource", "memory", "AverageValue", 1e9),)))
+    with pytest.raises(HPAError, match="queue_depth"):
+        check_servable(HPASpec(metrics=(MetricTarget("Pods", "queue_depth", "AverageValue", 3),)))
