@@ -235,7 +235,7 @@ class Testbed:
             "PRE_CLOUD_REPLICAS": str(self.pools["cloud"].size),
             "PRE_MQTT_HOST": self.broker.host,
             "PRE_MQTT_PORT": str(self.broker.port),
-            "PRE_MQTT_USER": "preprocessor",
+            "PRE_MQTT_USERNAME": "preprocessor",
             "PRE_MQTT_PASSWORD": self.broker.users["preprocessor"],
         }
 

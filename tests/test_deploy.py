@@ -275,8 +275,8 @@ def test_units_find_each_other_through_services() -> None:
         assert host == "broker"
         service_port(host, int(port))
     # The MQTT accounts are ACL roles, and the policy's replica assumptions are the HPA minimums.
-    assert pre["PRE_MQTT_USER"] == "preprocessor" and web["WEB_MQTT_USERNAME"] == "webserver"
-    assert {pre["PRE_MQTT_USER"], web["WEB_MQTT_USERNAME"]} <= set(broker.ROLES)
+    assert pre["PRE_MQTT_USERNAME"] == "preprocessor" and web["WEB_MQTT_USERNAME"] == "webserver"
+    assert {pre["PRE_MQTT_USERNAME"], web["WEB_MQTT_USERNAME"]} <= set(broker.ROLES)
     hpas = {spec.target: spec for spec in load_hpa_manifests(ROOT / "autoscale.yml")}
     assert int(pre["PRE_EDGE_REPLICAS"]) == hpas["edge-inference"].min_replicas
     assert int(pre["PRE_CLOUD_REPLICAS"]) == hpas["cloud-inference"].min_replicas

@@ -82,3 +82,22 @@ def test_offloader_accounts_for_every_frame_even_without_dispatchers() -> None:
     assert all(j.done and j.record is not None for j in [*jobs, late])
     assert [r.frame_id for r in feedback] == [0, 1, 2, 3]
     assert offloader.state()["edge"]["in_flight"] == 0 and offloader.wait_idle(0)
+
+
+def test_network_time_excludes_the_units_own_queueing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """post_frame reads queue_ms so a busy unit is not mistaken for a slow network."""
+    from edgeoffload import offload
+
+    class FakeResponse:
+        status_code = 200
+
+        @staticmethod
+        def json() -> dict[str, object]:
+            return {"model": "m", "detections": [], "inference_ms": 20.0, "queue_ms": 30.0}
+
+    class FakeSession:
+        def post(self, *args: object, **kwargs: object) -> FakeResponse:
+            return FakeResponse()
+
+    answer = offload.post_frame(FakeSession(), "http://site", b"x", 1.0)  # type: ignore[arg-type]
+    assert answer.inference_s == pytest.approx(0.020) and answer.queue_s == pytest.approx(0.030)

@@ -37,6 +37,9 @@ max_requests_jitter = max_requests // 10
 accesslog = os.environ.get("ACCESSLOG") or None
 errorlog = "-"
 loglevel = os.environ.get("LOGLEVEL", "info")
+# gunicorn 27's control socket defaults to one path per user ($HOME/.gunicorn): units and tests
+# running side by side would fight over it, and nothing here uses it.
+control_socket_disable = True
 # Bounded request line/header sizes; bodies are bounded by each app (MAX_BODY_BYTES).
 limit_request_line = 4094
 limit_request_fields = 50

@@ -85,7 +85,7 @@ class PreprocessorConfig:
     source_loop: bool = False
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 1883
-    mqtt_user: str = "preprocessor"
+    mqtt_username: str = "preprocessor"
     mqtt_password: str | None = None
     mqtt_cafile: str | None = None
     mqtt_certfile: str | None = None
@@ -124,7 +124,7 @@ class PreprocessorConfig:
         return edge, cloud
 
     def mqtt_settings(self) -> MQTTSettings:
-        return MQTTSettings(host=self.mqtt_host, port=self.mqtt_port, username=self.mqtt_user or None,
+        return MQTTSettings(host=self.mqtt_host, port=self.mqtt_port, username=self.mqtt_username or None,
                             password=self.mqtt_password, cafile=self.mqtt_cafile, certfile=self.mqtt_certfile,
                             keyfile=self.mqtt_keyfile, client_id=self.mqtt_client_id,
                             max_buffered=self.mqtt_max_buffered)

@@ -1,0 +1,227 @@
+"""EdgeInferenceUnit / CloudInferenceUnit: an object detector behind a small HTTP API.
+
+Routes (KServe-v2-style health):
+  POST /infer            JPEG/PNG body, Content-Type image/* ->
+                         {"model", "detections": [{"label", "score", "box": [x, y, w, h]}], "inference_ms", "queue_ms"}
+  GET  /v2/health/live   200 while the process is usable (503 if the model failed to load)
+  GET  /v2/health/ready  200 once the model is loaded and has run once (warm-up), else 503
+  GET  /metrics          Prometheus text format
+Errors are always JSON {"error": "..."}: 400 bad image, 413 too large, 415 not image/*,
+503 overloaded or not ready, 404/405 unknown route/method.
+
+Each gunicorn worker loads its model in a background thread (so liveness answers at once)
+and builds one detector instance per serving thread. Admission is bounded per worker
+(`queue_bound`): a request that would exceed it is refused with 503 straight away, so load
+shows up as fast rejections the preprocessor can route around instead of a growing queue.
+Refusals need a free gunicorn thread to be answered: with THREADS <= queue_bound, excess
+requests wait in gunicorn's backlog instead (no 503), so give THREADS a spare thread or two.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from edgeoffload import metrics
+from edgeoffload.config import ConfigError, load_config
+from edgeoffload.detect import DetectorConfig, DetectorConfigError, DetectorPool, detector_factory
+from edgeoffload.frames import DEFAULT_MAX_PIXELS, FrameError, decode, is_image_type
+
+ENV_PREFIX = "INFER_"
+SITES = ("edge", "cloud")
+log = logging.getLogger("edgeoffload.inference")
+
+
+def _log_like_gunicorn() -> None:
+    """Send this unit's log lines to gunicorn's error log (stderr) when running under gunicorn."""
+    gunicorn_log = logging.getLogger("gunicorn.error")
+    if gunicorn_log.handlers and not log.handlers:
+        log.handlers = list(gunicorn_log.handlers)
+        log.setLevel(gunicorn_log.level)
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Settings of one inference unit; env var INFER_<FIELD> or a YAML file named by INFER_CONFIG."""
+
+    site: str = "edge"                      # edge | cloud: labels metrics and the model name
+    kind: str = "haar-face"                 # haar-face | hog-people | darknet | openvino
+    model_path: str | None = None           # .weights / .xml / .onnx (optional cascade XML for haar-face)
+    config_path: str | None = None          # darknet .cfg
+    labels_path: str | None = None          # one label per line; default: COCO
+    input_size: tuple[int, int] = (416, 416)
+    conf_threshold: float = 0.25
+    nms_threshold: float = 0.45
+    threads: int = 1                        # compute threads per model instance
+    precision: str = ""                     # OpenVINO: f32 | bf16 | f16 | "" (device default)
+    performance_hint: str = ""              # OpenVINO: LATENCY | THROUGHPUT | ""
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_pixels: int = DEFAULT_MAX_PIXELS    # decoded width x height limit (decompression bombs)
+    queue_bound: int = 4                    # requests admitted at once per worker process, more get 503
+    instances: int = 0                      # detector instances per worker; 0 = min(queue_bound, $THREADS)
+    warmup: bool = True                     # run once on a synthetic frame before reporting ready
+
+    def __post_init__(self) -> None:
+        if self.site not in SITES:
+            raise ConfigError(f"{ENV_PREFIX}SITE: expected one of {', '.join(SITES)}, got {self.site!r}")
+        for name, low in (("max_body_bytes", 1), ("max_pixels", 1), ("queue_bound", 1), ("instances", 0)):
+            if getattr(self, name) < low:
+                raise ConfigError(f"{ENV_PREFIX}{name.upper()}: must be >= {low}, got {getattr(self, name)}")
+
+    def detector_config(self) -> DetectorConfig:
+        """The detector part, with errors renamed to the env var that holds the bad value."""
+        names = {f.name for f in fields(DetectorConfig)}
+        try:
+            return DetectorConfig(**{f.name: getattr(self, f.name) for f in fields(self) if f.name in names})
+        except DetectorConfigError as exc:
+            raise ConfigError(f"{ENV_PREFIX}{exc.field.upper()}: {exc.detail}") from None
+
+    def pool_size(self) -> int:
+        """Instances beyond queue_bound or the gunicorn thread count ($THREADS) would never be used."""
+        threads = max(1, int(os.environ.get("THREADS", "1")))
+        return self.instances or min(self.queue_bound, threads)
+
+
+class ModelHolder:
+    """Loads the detector pool off the request path and records whether it is usable yet."""
+
+    def __init__(self, config: InferenceConfig) -> None:
+        self.config = config
+        self.pool: DetectorPool | None = None
+        self.ready = threading.Event()
+        self.error: str | None = None
+        self._thread = threading.Thread(target=self._load, name="model-loader", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _load(self) -> None:
+        started = time.perf_counter()
+        try:
+            pool = DetectorPool(detector_factory(self.config.detector_config()), self.config.pool_size())
+            if self.config.warmup:
+                pool.warm_up(warmup_frame())
+            self.pool = pool
+            self.ready.set()
+            log.info("model %s ready (%d instance(s)) after %.2fs", pool.name, len(pool.instances),
+                     time.perf_counter() - started)
+        except Exception as exc:  # any load failure must surface on the health routes, not kill silently
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.exception("model failed to load")
+
+
+def warmup_frame(width: int = 640, height: int = 480) -> np.ndarray:
+    """A deterministic textured frame, so warm-up exercises the same code paths as a camera frame."""
+    return np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def read_body(limit: int) -> bytes:
+    """The request body, at most `limit` bytes; 413 for more, also when it arrives chunked."""
+    if request.content_length is not None:
+        return request.get_data(cache=False)  # Flask's MAX_CONTENT_LENGTH has checked the length
+    data = request.environ["wsgi.input"].read(limit + 1)  # chunked: no length to check up front
+    if len(data) > limit:
+        raise RequestEntityTooLarge(f"body exceeds {limit} bytes")
+    return data
+
+
+def _validate_files(config: InferenceConfig) -> None:
+    for name in ("model_path", "config_path", "labels_path"):
+        path = getattr(config, name)
+        if path and not Path(path).exists():
+            raise ConfigError(f"{ENV_PREFIX}{name.upper()}: file not found: {path}")
+
+
+def create_app(config: InferenceConfig | None = None) -> Flask:
+    _log_like_gunicorn()
+    config = config or load_config(InferenceConfig, ENV_PREFIX)
+    config.detector_config()
+    _validate_files(config)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    holder = ModelHolder(config)
+    admission = threading.BoundedSemaphore(config.queue_bound)
+    site = config.site
+    in_flight = metrics.INFERENCE_IN_FLIGHT.labels(site)
+
+    def error(status: int, message: str, reason: str | None = None) -> tuple[Response, int]:
+        if reason:
+            metrics.INFERENCE_FAILURES.labels(site, reason).inc()
+        return jsonify(error=message), status
+
+    @app.post("/infer")
+    def infer():
+        if not is_image_type(request.content_type):
+            return error(415, f"Content-Type must be image/* (JPEG or PNG), got {request.content_type or 'none'!r}",
+                         "unsupported_type")
+        if request.content_length is not None and request.content_length > config.max_body_bytes:
+            return error(413, f"body of {request.content_length} bytes exceeds {config.max_body_bytes}", "too_large")
+        if not holder.ready.is_set() or holder.pool is None:
+            return error(503, "model not ready", "not_ready")
+        if not admission.acquire(blocking=False):
+            return error(503, f"overloaded: {config.queue_bound} requests already in progress", "overloaded")
+        in_flight.inc()
+        admitted = time.perf_counter()
+        try:
+            image = decode(read_body(config.max_body_bytes), config.max_pixels)
+            with holder.pool.borrow() as detector:
+                started = time.perf_counter()
+                detections = detector.detect(image)
+                elapsed = time.perf_counter() - started
+            metrics.INFERENCE_SECONDS.labels(site, holder.pool.name).observe(elapsed)
+            # queue_ms: time in this unit before inference started (body, decode, waiting for a
+            # model instance), so the caller can split its round trip into network and queueing.
+            return jsonify(model=f"{site}/{holder.pool.name}", detections=[d.to_dict() for d in detections],
+                           inference_ms=round(elapsed * 1000.0, 3), queue_ms=round((started - admitted) * 1000.0, 3))
+        except FrameError as exc:
+            return error(400, str(exc), "bad_image")
+        finally:
+            in_flight.dec()
+            admission.release()
+
+    @app.get("/v2/health/live")
+    def live():
+        if holder.error:
+            return jsonify(error=f"model failed to load: {holder.error}"), 503
+        return jsonify(live=True)
+
+    @app.get("/v2/health/ready")
+    def ready():
+        if holder.error:
+            return jsonify(error=f"model failed to load: {holder.error}"), 503
+        if not holder.ready.is_set() or holder.pool is None:
+            return jsonify(error="model loading"), 503
+        return jsonify(ready=True, model=f"{site}/{holder.pool.name}")
+
+    @app.get("/metrics")
+    def prometheus_metrics():
+        body, content_type = metrics.render()
+        return Response(body, content_type=content_type)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        if exc.code == 413:
+            metrics.INFERENCE_FAILURES.labels(site, "too_large").inc()
+        return jsonify(error=exc.description or exc.name), exc.code
+
+    @app.errorhandler(Exception)
+    def unexpected_error(exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        metrics.INFERENCE_FAILURES.labels(site, "error").inc()
+        return jsonify(error=f"internal error: {type(exc).__name__}"), 500
+
+    @app.after_request
+    def count(response: Response) -> Response:
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        metrics.INFERENCE_REQUESTS.labels(site, route, str(response.status_code)).inc()
+        return response
+
+    holder.start()
+    return app

@@ -1,0 +1,283 @@
+"""The inference unit served by real gunicorn workers, as deployed."""
+from __future__ import annotations
+
+import http.client
+import os
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import cv2
+import numpy as np
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+from skimage import data
+
+from edgeoffload.config import ConfigError, load_config
+from edgeoffload.detect import DetectorConfig, load_detector
+from edgeoffload.detect.builtin import DEFAULT_FACE_CASCADE
+from edgeoffload.detect.testmodels import make_openvino_model
+from edgeoffload.frames import decode
+from edgeoffload.serve import start_unit
+from edgeoffload.units.inference import InferenceConfig, create_app
+
+MAX_BODY = 1024 * 1024
+JPEG = {"Content-Type": "image/jpeg"}
+
+
+@pytest.fixture(scope="module")
+def astronaut_jpeg() -> bytes:
+    return cv2.imencode(".jpg", np.ascontiguousarray(data.astronaut()[:, :, ::-1]))[1].tobytes()
+
+
+@pytest.fixture(scope="module")
+def haar_server():
+    """Haar faces (real and fast), one request admitted at a time, 1 MiB body limit."""
+    unit = start_unit("inference", env={"INFER_KIND": "haar-face", "INFER_QUEUE_BOUND": "1",
+                                        "INFER_MAX_BODY_BYTES": str(MAX_BODY)}, workers=1, threads=4)
+    yield unit
+    unit.stop()
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    return make_openvino_model(tmp_path_factory.mktemp("models"))
+
+
+def metric_samples(url: str) -> dict[tuple[str, frozenset], float]:
+    text = requests.get(url + "/metrics", timeout=5).text
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def sample(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def status_of(url: str) -> int | None:
+    """The status code, or None while the worker is still booting (refused or not answering yet)."""
+    try:
+        return requests.get(url, timeout=5).status_code
+    except (requests.ConnectionError, requests.Timeout):
+        return None
+
+
+def test_astronaut_face_is_detected(haar_server, astronaut_jpeg):
+    response = requests.post(haar_server.url + "/infer", data=astronaut_jpeg, headers=JPEG, timeout=10)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["model"] == "edge/haar-face"
+    assert body["inference_ms"] > 0
+    assert 0 < body["queue_ms"] < response.elapsed.total_seconds() * 1000  # decode at least, less than the round trip
+    [face] = body["detections"]
+    assert face["label"] == "face" and isinstance(face["score"], float)
+    x, y, w, h = face["box"]
+    assert 160 < x < 200 and 50 < y < 90 and 80 < w < 120 and 80 < h < 120
+
+
+def test_health_routes(haar_server):
+    assert requests.get(haar_server.url + "/v2/health/live", timeout=5).json() == {"live": True}
+    ready = requests.get(haar_server.url + "/v2/health/ready", timeout=5)
+    assert ready.status_code == 200 and ready.json()["model"] == "edge/haar-face"
+
+
+@pytest.mark.parametrize("body", [
+    b"definitely not an image",
+    b"",
+    "truncated",
+    b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + (100000).to_bytes(4, "big") * 2 + b"\x08\x02\x00\x00\x00",
+], ids=["garbage", "empty", "truncated-jpeg", "png-bomb-header"])
+def test_undecodable_images_are_400(haar_server, astronaut_jpeg, body):
+    if body == "truncated":
+        body = astronaut_jpeg[:400]
+    response = requests.post(haar_server.url + "/infer", data=body, headers={"Content-Type": "image/png"}, timeout=10)
+    assert response.status_code == 400
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.json()["error"]
+
+
+def test_bomb_is_refused_by_its_header_dimensions(haar_server):
+    bomb = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + (100000).to_bytes(4, "big") * 2 + b"\x08\x02\x00\x00\x00"
+    response = requests.post(haar_server.url + "/infer", data=bomb, headers=JPEG, timeout=10)
+    assert response.status_code == 400 and "100000x100000 exceeds" in response.json()["error"]
+
+
+def test_too_large_body_is_413_before_it_is_read(haar_server):
+    body = b"\xff\xd8" + b"\0" * MAX_BODY
+    response = requests.post(haar_server.url + "/infer", data=body, headers=JPEG, timeout=10)
+    assert response.status_code == 413 and "exceeds" in response.json()["error"]
+
+
+def test_too_large_chunked_body_is_413(haar_server):
+    def chunks():
+        for _ in range(40):
+            yield b"\0" * 65536  # 2.5 MiB without a Content-Length
+
+    response = requests.post(haar_server.url + "/infer", data=chunks(), headers=JPEG, timeout=10)
+    assert response.status_code == 413 and response.json()["error"]
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/octet-stream", None])
+def test_wrong_content_type_is_415(haar_server, astronaut_jpeg, content_type):
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = requests.post(haar_server.url + "/infer", data=astronaut_jpeg, headers=headers, timeout=10)
+    assert response.status_code == 415 and "image/*" in response.json()["error"]
+
+
+def test_unknown_route_and_method_are_json(haar_server):
+    missing = requests.get(haar_server.url + "/v1/models", timeout=5)
+    wrong_method = requests.get(haar_server.url + "/infer", timeout=5)
+    assert (missing.status_code, wrong_method.status_code) == (404, 405)
+    assert missing.json()["error"] and wrong_method.json()["error"]
+
+
+def test_503_when_the_admission_bound_is_reached(haar_server, astronaut_jpeg):
+    """Hold the only admission slot with a request whose body is still arriving, then knock."""
+    parts = urlsplit(haar_server.url)
+    held = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        held.putrequest("POST", "/infer")
+        held.putheader("Content-Type", "image/jpeg")
+        held.putheader("Content-Length", str(len(astronaut_jpeg)))
+        held.endheaders(message_body=astronaut_jpeg[:1000])
+        in_flight = lambda: sample(metric_samples(haar_server.url), "edgeoffload_inference_in_flight", site="edge")
+        wait_for(lambda: in_flight() == 1, what="the held request to be admitted")
+
+        refused = requests.post(haar_server.url + "/infer", data=astronaut_jpeg, headers=JPEG, timeout=10)
+        assert refused.status_code == 503 and "overloaded" in refused.json()["error"]
+
+        held.send(astronaut_jpeg[1000:])
+        answer = held.getresponse()
+        assert answer.status == 200
+        assert b'"label":"face"' in answer.read()
+    finally:
+        held.close()
+    assert requests.post(haar_server.url + "/infer", data=astronaut_jpeg, headers=JPEG, timeout=10).status_code == 200
+
+
+def test_metrics_count_requests_failures_and_inference_time(haar_server, astronaut_jpeg):
+    before = metric_samples(haar_server.url)
+    for _ in range(2):
+        requests.post(haar_server.url + "/infer", data=astronaut_jpeg, headers=JPEG, timeout=10)
+    requests.post(haar_server.url + "/infer", data=b"junk", headers=JPEG, timeout=10)
+    after = metric_samples(haar_server.url)
+
+    def delta(name: str, **labels: str) -> float:
+        return sample(after, name, **labels) - sample(before, name, **labels)
+
+    assert delta("edgeoffload_inference_requests_total", site="edge", route="/infer", code="200") == 2
+    assert delta("edgeoffload_inference_requests_total", site="edge", route="/infer", code="400") == 1
+    assert delta("edgeoffload_inference_failures_total", site="edge", reason="bad_image") == 1
+    assert delta("edgeoffload_inference_seconds_count", site="edge", model="haar-face") == 2
+    assert sample(after, "edgeoffload_inference_in_flight", site="edge") == 0
+
+
+def test_ready_only_after_the_model_is_loaded_and_warmed_up(tmp_path, astronaut_jpeg):
+    """The cascade file is a named pipe: loading cannot finish until the test writes it."""
+    cascade = tmp_path / "face.xml"
+    os.mkfifo(cascade)
+    unit = start_unit("inference", env={"INFER_KIND": "haar-face", "INFER_MODEL_PATH": str(cascade)},
+                      wait_ready=False)
+    try:
+        wait_for(lambda: status_of(unit.url + "/v2/health/live") == 200, what="liveness")
+        not_ready = requests.get(unit.url + "/v2/health/ready", timeout=5)
+        assert not_ready.status_code == 503 and not_ready.json() == {"error": "model loading"}
+        early = requests.post(unit.url + "/infer", data=astronaut_jpeg, headers=JPEG, timeout=5)
+        assert early.status_code == 503 and early.json()["error"] == "model not ready"
+
+        writer = threading.Thread(target=lambda: cascade.write_bytes(Path(DEFAULT_FACE_CASCADE).read_bytes()),
+                                  daemon=True)
+        writer.start()
+        wait_for(lambda: status_of(unit.url + "/v2/health/ready") == 200, what="readiness")
+        writer.join(5)
+        answer = requests.post(unit.url + "/infer", data=astronaut_jpeg, headers=JPEG, timeout=10)
+        assert answer.status_code == 200 and answer.json()["model"] == "edge/haar:face"
+        assert len(answer.json()["detections"]) == 1
+    finally:
+        unit.stop()
+
+
+def test_model_that_fails_to_load_turns_liveness_red(tmp_path, tiny_models):
+    _xml, files = tiny_models
+    corrupt = tmp_path / "corrupt.weights"
+    corrupt.write_bytes(files.weights_path.read_bytes()[:1000])
+    unit = start_unit("inference", env={"INFER_KIND": "darknet", "INFER_MODEL_PATH": str(corrupt),
+                                        "INFER_CONFIG_PATH": str(files.cfg_path)}, wait_ready=False)
+    try:
+        wait_for(lambda: status_of(unit.url + "/v2/health/live") == 503, what="liveness to fail")
+        assert "model failed to load" in requests.get(unit.url + "/v2/health/ready", timeout=5).json()["error"]
+    finally:
+        unit.stop()
+
+
+def test_bad_config_stops_the_server_naming_the_variable():
+    with pytest.raises(RuntimeError, match="INFER_KIND: unknown detector 'yolo9000'"):
+        start_unit("inference", env={"INFER_KIND": "yolo9000"}, ready_timeout=30)
+
+
+@pytest.mark.parametrize("env, variable", [
+    ({"INFER_SITE": "moon"}, "INFER_SITE"),
+    ({"INFER_CONF_THRESHOLD": "2"}, "INFER_CONF_THRESHOLD"),
+    ({"INFER_QUEUE_BOUND": "lots"}, "INFER_QUEUE_BOUND"),
+    ({"INFER_QUEUE_BOUND": "0"}, "INFER_QUEUE_BOUND"),
+    ({"INFER_KIND": "darknet", "INFER_MODEL_PATH": "/nonexistent.weights", "INFER_CONFIG_PATH": "/x.cfg"},
+     "INFER_MODEL_PATH"),
+])
+def test_config_errors_name_the_variable(env, variable):
+    with pytest.raises(ConfigError, match=variable):
+        create_app(load_config(InferenceConfig, "INFER_", env=env))
+
+
+def served_matches_in_process(unit, jpeg: bytes, config: DetectorConfig) -> list[dict]:
+    response = requests.post(unit.url + "/infer", data=jpeg, headers=JPEG, timeout=30)
+    assert response.status_code == 200, response.text
+    served = response.json()["detections"]
+    expected = [d.to_dict() for d in load_detector(config).detect(decode(jpeg))]
+    assert served and [d["label"] for d in served] == [d["label"] for d in expected]
+    assert np.allclose([d["box"] for d in served], [d["box"] for d in expected], atol=0.2)
+    return served
+
+
+def test_darknet_model_served_over_http(tiny_models, astronaut_jpeg):
+    _xml, files = tiny_models
+    env = {"INFER_SITE": "cloud", "INFER_KIND": "darknet", "INFER_MODEL_PATH": str(files.weights_path),
+           "INFER_CONFIG_PATH": str(files.cfg_path), "INFER_LABELS_PATH": str(files.labels_path),
+           "INFER_INPUT_SIZE": "128x128", "INFER_CONF_THRESHOLD": "0.2"}
+    with start_unit("inference", env=env, threads=2) as unit:
+        ready = requests.get(unit.url + "/v2/health/ready", timeout=5).json()
+        assert ready["model"] == "cloud/darknet:tiny-test"
+        served_matches_in_process(unit, astronaut_jpeg, DetectorConfig(
+            kind="darknet", model_path=str(files.weights_path), config_path=str(files.cfg_path),
+            labels_path=str(files.labels_path), input_size=(128, 128), conf_threshold=0.2))
+
+
+def test_openvino_model_served_over_http(tiny_models, astronaut_jpeg):
+    xml, files = tiny_models
+    env = {"INFER_KIND": "openvino", "INFER_MODEL_PATH": str(xml), "INFER_LABELS_PATH": str(files.labels_path),
+           "INFER_PRECISION": "f32", "INFER_CONF_THRESHOLD": "0.2"}
+    with start_unit("inference", env=env, threads=2) as unit:
+        assert requests.get(unit.url + "/v2/health/ready", timeout=5).json()["model"] == "edge/openvino:tiny-test"
+        served_matches_in_process(unit, astronaut_jpeg, DetectorConfig(
+            kind="openvino", model_path=str(xml), labels_path=str(files.labels_path), precision="f32",
+            conf_threshold=0.2))
+
+
+@pytest.mark.parametrize("threads, queue_bound, instances, expected", [
+    ("4", 2, 0, 2),   # never more instances than requests admitted at once
+    ("1", 4, 0, 1),   # nor more than gunicorn threads
+    ("4", 4, 3, 3),   # an explicit count wins
+])
+def test_one_detector_instance_per_thread_that_can_be_busy(monkeypatch, threads, queue_bound, instances, expected):
+    monkeypatch.setenv("THREADS", threads)
+    assert InferenceConfig(queue_bound=queue_bound, instances=instances).pool_size() == expected
