@@ -83,9 +83,12 @@ class FrameRecord:
             raise ValueError(f"record field 'site' must be one of {SITES}, got {site!r}")
         if status not in STATUSES:
             raise ValueError(f"record field 'status' must be one of {STATUSES}, got {status!r}")
+        camera = raw["camera"]
+        if not isinstance(camera, str) or not camera:
+            raise ValueError("record field 'camera' must be a non-empty string")
         detections = raw.get("detections") or []
         if isinstance(detections, str):
-            detections = json.loads(detections) if detections else []
+            detections = _parse_json(detections, "detections") if detections else []
         if not isinstance(detections, list):
             raise ValueError("record field 'detections' must be a list")
         deadline = raw.get("deadline_met")
@@ -93,27 +96,54 @@ class FrameRecord:
             deadline = {"true": True, "false": False, "": None}.get(deadline.lower())
         try:
             return FrameRecord(
-                camera=str(raw["camera"]), frame_id=int(raw["frame_id"]),
+                camera=camera, frame_id=_count(raw["frame_id"], "frame_id"),
                 captured_at=_finite(raw.get("captured_at", 0.0), "captured_at"),
                 site=site, status=status, reason=str(raw.get("reason", "")),
                 policy=str(raw.get("policy", "")), model=str(raw.get("model", "")),
                 detections=tuple(Detection.from_dict(d) for d in detections),
-                bytes_sent=int(raw.get("bytes_sent", 0)),
+                bytes_sent=_count(raw.get("bytes_sent", 0), "bytes_sent"),
                 t_queue_ms=_finite(raw.get("t_queue_ms", 0.0), "t_queue_ms"),
                 t_network_ms=_finite(raw.get("t_network_ms", 0.0), "t_network_ms"),
                 t_inference_ms=_finite(raw.get("t_inference_ms", 0.0), "t_inference_ms"),
                 t_total_ms=_finite(raw.get("t_total_ms", 0.0), "t_total_ms"),
                 deadline_met=None if deadline is None else bool(deadline))
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise ValueError(f"invalid record: {exc}") from exc
 
     @staticmethod
     def from_json(payload: str | bytes) -> "FrameRecord":
-        try:
-            raw = json.loads(payload)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"record is not valid JSON: {exc}") from exc
-        return FrameRecord.from_dict(raw)
+        return FrameRecord.from_dict(_parse_json(payload, "record"))
+
+
+MAX_INT64 = 2**63 - 1
+
+
+def _parse_json(text: str | bytes, what: str) -> Any:
+    """json.loads for untrusted text: every failure (also absurd nesting) is a ValueError."""
+    try:
+        return json.loads(text)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ValueError(f"{what} is not valid JSON: {str(exc)[:200]}") from None
+
+
+def _count(value: Any, name: str) -> int:
+    """A non-negative int64 from an int, an integral float or a decimal string (CSV)."""
+    if isinstance(value, bool):
+        raise ValueError(f"field {name!r} must be an integer, got {value!r}")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(f"field {name!r} must be an integer, got {value!r}")
+        value = int(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if not (text.isascii() and text.isdigit()) or len(text) > 19:
+            raise ValueError(f"field {name!r} must be a non-negative integer, got {value[:40]!r}")
+        value = int(text)
+    elif not isinstance(value, int):
+        raise ValueError(f"field {name!r} must be an integer, got {type(value).__name__}")
+    if not 0 <= value <= MAX_INT64:
+        raise ValueError(f"field {name!r} must be between 0 and 2**63-1, got {value}")
+    return value
 
 
 def _finite(value: Any, name: str) -> float:

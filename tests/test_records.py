@@ -41,6 +41,15 @@ def test_json_round_trip() -> None:
     (b'{"camera": "c", "frame_id": 1, "site": "edge", "status": "ok", "t_total_ms": "NaN"}', "finite"),
     (b'{"camera": "c", "frame_id": 1, "site": "edge", "status": "ok", "detections": [{"box": [1]}]}', "box"),
     (b"\xff\xfe", "not valid JSON"),
+    (b"[" * 100_000, "not valid JSON"),
+    (b'{"camera": "c", "frame_id": 1, "site": "edge", "status": "ok", "detections": "' + b"[" * 100_000 + b'"}',
+     "detections is not valid JSON"),
+    (b'{"camera": "c", "frame_id": Infinity, "site": "edge", "status": "ok"}', "frame_id"),
+    (b'{"camera": "c", "frame_id": 1, "site": "edge", "status": "ok", "bytes_sent": 1e400}', "bytes_sent"),
+    (b'{"camera": "c", "frame_id": 1000000000000000000000000000000, "site": "edge", "status": "ok"}', "2\\*\\*63"),
+    (b'{"camera": "c", "frame_id": -5, "site": "edge", "status": "ok"}', "between 0"),
+    (b'{"camera": "c", "frame_id": 1.5, "site": "edge", "status": "ok"}', "integer"),
+    (b'{"camera": {"name": "c"}, "frame_id": 1, "site": "edge", "status": "ok"}', "non-empty string"),
 ])
 def test_from_json_rejects_malformed_payloads_with_a_clear_message(payload: bytes, message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -259,7 +259,9 @@ def _register_live_routes(app: Flask, state: WebState) -> None:
             if not state.live.has_camera(camera):
                 abort(404, description="no records from this camera (yet)")
         raw_limit = request.args.get("limit", str(min(DEFAULT_RESULTS_LIMIT, state.config.history)))
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= state.config.history:
+        # isascii: str.isdigit() also accepts '²' and '①', which int() refuses; 6 digits is plenty.
+        if not (raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 6) \
+                or not 1 <= int(raw_limit) <= state.config.history:
             return _bad_request(f"limit must be an integer between 1 and {state.config.history}")
         records = state.live.recent(camera, int(raw_limit))
         return jsonify(camera=camera, count=len(records), results=records)
