@@ -321,7 +321,7 @@ class Subscriber:
     def __init__(self, settings: MQTTSettings, topics: Sequence[str] = (f"{RESULTS_TOPIC}/#",),
                  on_record: RecordCallback | None = None, on_status: StatusCallback | None = None,
                  on_malformed: MalformedCallback | None = None, role: str = "subscriber",
-                 dedupe_window: int = 65536) -> None:
+                 dedupe_window: int = 4096) -> None:  # redeliveries come within seconds of a reconnect
         self.settings = settings
         self.topics = list(topics)
         self._on_record = on_record
