@@ -205,8 +205,8 @@ def main() -> int:
     in_process_sum = sum(v for k, v in by_label.items() if not k.startswith(("letterbox",)))
     e2e_rows = [[name, f"{statistics.median(values):.2f}", f"{percentile(values, 0.9):.2f}"]
                 for name, values in (("overhead = t_total - t_inference", sequential["overhead"]),
-                                     ("  of which before the send (t_queue_ms)", sequential["before_send"]),
-                                     ("  of which HTTP to inference + its decode (t_network_ms)", sequential["network"]),
+                                     ("  of which queueing: preprocessing + the unit's decode/wait (t_queue_ms)", sequential["before_send"]),
+                                     ("  of which HTTP transfer + handling, loopback (t_network_ms)", sequential["network"]),
                                      ("inference (reported by the unit)", sequential["inference"]),
                                      ("client round trip (POST ?wait=1)", sequential["client"]))]
     overhead_p50 = statistics.median(sequential["overhead"])
@@ -228,8 +228,9 @@ End to end over HTTP, sequential (preprocessor under gunicorn 1x4, trivially fas
 {markdown_table(["per frame", "p50 ms", "p90 ms"], e2e_rows)}
 
 The end-to-end overhead ({overhead_p50:.2f} ms p50) runs from the frame's arrival at the preprocessor to
-the answer, so besides the preprocessor's own work (t_queue_ms) it contains the loopback HTTP hop to the
-inference unit, that unit's Flask/gunicorn handling and its JPEG decode, all on the same 2 vCPUs.
+the answer, so besides the preprocessor's own work it contains the loopback HTTP hop to the
+inference unit, that unit's Flask/gunicorn handling and its JPEG decode (reported as queue_ms and
+counted in t_queue_ms), all on the same 2 vCPUs.
 
 Sustained: {sustained['sent']} frames from 4 closed-loop clients (POST ?wait=1) ->
 **{fps:.0f} frames/s answered** ({sustained['ok']} ok, {sustained['dropped']} dropped, {sustained['errors']} errors;

@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "trace": ("edgeoffload.load.trace", "generate (gen) or inspect (info) frame-arrival traces"),
     "replay": ("edgeoffload.load.replay", "replay a trace open-loop against a preprocessor and account for every frame"),
     "sample-video": ("edgeoffload.load.sample_video", "write the offline sample video (shipped images) as .avi/.mp4"),
+    "profile": ("edgeoffload.profile", "measure running inference units and the WAN; write a simulator profile (JSON)"),
     "broker": ("edgeoffload.broker", "EdgeBrokerProvider: print config/ACL, make a password file, run locally"),
 }
 

@@ -168,16 +168,17 @@ def create_app(config: InferenceConfig | None = None) -> Flask:
         if not admission.acquire(blocking=False):
             return error(503, f"overloaded: {config.queue_bound} requests already in progress", "overloaded")
         in_flight.inc()
-        admitted = time.perf_counter()
         try:
-            image = decode(read_body(config.max_body_bytes), config.max_pixels)
+            body = read_body(config.max_body_bytes)  # the upload is network time, not queueing
+            admitted = time.perf_counter()
+            image = decode(body, config.max_pixels)
             with holder.pool.borrow() as detector:
                 started = time.perf_counter()
                 detections = detector.detect(image)
                 elapsed = time.perf_counter() - started
             metrics.INFERENCE_SECONDS.labels(site, holder.pool.name).observe(elapsed)
-            # queue_ms: time in this unit before inference started (body, decode, waiting for a
-            # model instance), so the caller can split its round trip into network and queueing.
+            # queue_ms: time in this unit from the whole body being read to inference starting
+            # (decode, waiting for a model instance), so the caller can split its round trip.
             return jsonify(model=f"{site}/{holder.pool.name}", detections=[d.to_dict() for d in detections],
                            inference_ms=round(elapsed * 1000.0, 3), queue_ms=round((started - admitted) * 1000.0, 3))
         except FrameError as exc:

@@ -1,0 +1,305 @@
+"""`edgeoffload profile`: measure running inference units and the WAN, write a simulator profile.
+
+The simulator needs service-time and network distributions; this measures them on the real
+thing at low load (sequential requests, so nothing queues) with the frames the preprocessor
+would really send: the sample video prepared exactly as the EdgePreprocessorUnit prepares
+it (decode, fit to `max_side`, JPEG re-encode). Per request the client's round trip is
+split with the unit's own report (`inference_ms`; `queue_ms` is kept for reference only):
+
+    overhead = round trip - inference               HTTP, body transfer, decode, JSON
+    edge:   service = inference + overhead          the whole per-frame path at the edge door
+    cloud:  service = inference + median(edge overhead)   same software stack as the edge
+            rtt     = round trip - service - bytes*8/bandwidth
+
+The WAN bandwidth comes from two frame sizes: every frame is also sent padded with JPEG
+comment segments (identical pixels, so identical model cost, `pad_bytes` more on the wire);
+the extra time the padding costs through the cloud path, less what it costs at the edge
+(loopback), is the uplink serialisation time of `pad_bytes`.
+
+The output follows edgeoffload.sim.PROFILE_SCHEMA (`edge.service_ms`, `cloud.service_ms`,
+`wan.rtt_ms`, `wan.bandwidth_bps`, `frame_bytes`) plus the raw parts (`inference_ms`,
+`overhead_ms`, `preprocess_ms`) so a gap between simulation and testbed can be traced.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import requests
+
+from edgeoffload.load.sample_video import CyclicFrames, open_source
+from edgeoffload.offload import new_session
+
+PROFILE_VERSION = 1
+COMMENT_MARKER = b"\xff\xfe"
+MAX_COMMENT_PAYLOAD = 65533          # a JPEG segment length field counts itself (2 bytes), max 65535
+
+
+class ProfileError(RuntimeError):
+    """A unit could not be measured (unreachable, not ready, or answering errors)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSample:
+    """One timed POST /infer."""
+
+    bytes: int
+    round_trip_ms: float
+    inference_ms: float
+    queue_ms: float
+
+    @property
+    def overhead_ms(self) -> float:
+        """Everything but the model: HTTP, body transfer, decode. The unit's `queue_ms` is not
+        subtracted: at sequential load nothing waits, and the unit counts reading the body
+        (the transfer this module measures) in it."""
+        return max(0.0, self.round_trip_ms - self.inference_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class SiteMeasurement:
+    """Sequential requests to one site with the plain frames and with the padded ones."""
+
+    url: str
+    model: str
+    plain: tuple[RequestSample, ...]
+    padded: tuple[RequestSample, ...]
+
+    def overhead_median_ms(self, padded: bool = False) -> float:
+        return statistics.median(s.overhead_ms for s in (self.padded if padded else self.plain))
+
+    def padding_cost_ms(self) -> float:
+        """Extra round-trip time the padding bytes cost, model time removed: the median over
+        back-to-back pairs of the same frame, so load drifting on a shared machine cancels out."""
+        return statistics.median(padded.overhead_ms - plain.overhead_ms
+                                 for plain, padded in zip(self.plain, self.padded))
+
+
+@dataclass(frozen=True, slots=True)
+class WanEstimate:
+    bandwidth_bps: float | None        # None: the padding cost nothing measurable (unshaped link)
+    rtt_ms: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What `edgeoffload profile` writes (see the module docstring for the decomposition)."""
+
+    edge: SiteMeasurement
+    cloud: SiteMeasurement
+    wan: WanEstimate
+    frame_bytes: tuple[int, ...]
+    preprocess_ms: tuple[float, ...]
+    pad_bytes: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def edge_service_ms(self) -> list[float]:
+        return [s.inference_ms + s.overhead_ms for s in self.edge.plain]
+
+    def cloud_service_ms(self) -> list[float]:
+        overhead = self.edge.overhead_median_ms()
+        return [s.inference_ms + overhead for s in self.cloud.plain]
+
+    def to_dict(self) -> dict[str, Any]:
+        def site(measured: SiteMeasurement, service: list[float]) -> dict[str, Any]:
+            return {"service_ms": _rounded(service), "inference_ms": _rounded(s.inference_ms for s in measured.plain),
+                    "overhead_ms": _rounded(s.overhead_ms for s in measured.plain),
+                    "queue_ms": _rounded(s.queue_ms for s in measured.plain), "model": measured.model,
+                    "url": measured.url}
+        wan: dict[str, Any] = {"rtt_ms": _rounded(self.wan.rtt_ms)}
+        if self.wan.bandwidth_bps is not None:
+            wan["bandwidth_bps"] = round(self.wan.bandwidth_bps)
+        return {"version": PROFILE_VERSION,
+                "edge": site(self.edge, self.edge_service_ms()),
+                "cloud": site(self.cloud, self.cloud_service_ms()),
+                "wan": wan, "frame_bytes": list(self.frame_bytes),
+                "preprocess_ms": _rounded(self.preprocess_ms),
+                "meta": {**self.meta, "pad_bytes": self.pad_bytes}}
+
+    def write(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
+        return path
+
+    def rows(self) -> list[tuple[str, str]]:
+        """Medians for people (the file holds every sample)."""
+        def med(values: Sequence[float]) -> str:
+            return f"{statistics.median(values):.2f} ms" if values else "-"
+        bandwidth = "unshaped (not measurable)" if self.wan.bandwidth_bps is None \
+            else f"{self.wan.bandwidth_bps / 1e6:.2f} Mbit/s"
+        return [("frames per site", str(len(self.edge.plain))),
+                ("frame bytes (median)", f"{statistics.median(self.frame_bytes):,.0f}"),
+                ("preprocess", med(self.preprocess_ms)),
+                ("edge model / overhead / service", " / ".join(med(v) for v in (
+                    [s.inference_ms for s in self.edge.plain], [s.overhead_ms for s in self.edge.plain],
+                    self.edge_service_ms()))),
+                ("cloud model / service", " / ".join(med(v) for v in (
+                    [s.inference_ms for s in self.cloud.plain], self.cloud_service_ms()))),
+                ("wan rtt", med(self.wan.rtt_ms)), ("wan uplink", bandwidth)]
+
+
+def _rounded(values: Any, digits: int = 3) -> list[float]:
+    return [round(float(v), digits) for v in values]
+
+
+# --- frames -------------------------------------------------------------------------------
+
+def pad_jpeg(data: bytes, extra: int) -> bytes:
+    """The same JPEG with `extra` more bytes (to within 4) in comment (COM) segments after SOI.
+
+    Decoders skip COM segments, so pixels and model cost are unchanged: only the size grows.
+    """
+    if data[:2] != b"\xff\xd8":
+        raise ValueError("pad_jpeg needs a JPEG (starts with FFD8)")
+    segments = []
+    remaining = extra
+    while remaining > 4:
+        payload = min(MAX_COMMENT_PAYLOAD, remaining - 4)
+        segments.append(COMMENT_MARKER + (payload + 2).to_bytes(2, "big") + b"\x00" * payload)
+        remaining -= payload + 4
+    return data[:2] + b"".join(segments) + data[2:]
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedFrames:
+    payloads: tuple[bytes, ...]
+    preprocess_ms: tuple[float, ...]
+
+
+def prepare_frames(source: CyclicFrames, count: int, max_side: int = 640, quality: int = 80) -> PreparedFrames:
+    """The first `count` frames of `source` as the preprocessor would send them, and what that cost."""
+    from edgeoffload.units.preprocessor import FramePreparer  # Flask app module: import only when profiling
+
+    preparer = FramePreparer(max_side=max_side, quality=quality)
+    payloads, costs = [], []
+    for index in range(count):
+        raw = source.frames[index % len(source.frames)]
+        started = time.perf_counter()
+        payloads.append(preparer.from_bytes(raw).payload)
+        costs.append((time.perf_counter() - started) * 1000.0)
+    return PreparedFrames(tuple(payloads), tuple(costs))
+
+
+# --- measurement --------------------------------------------------------------------------
+
+def wait_ready(session: requests.Session, url: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            response = session.get(url.rstrip("/") + "/v2/health/ready", timeout=5)
+            if response.status_code == 200:
+                return
+            last = f"HTTP {response.status_code}"
+        except requests.RequestException as exc:
+            last = type(exc).__name__
+        time.sleep(0.2)
+    raise ProfileError(f"{url} is not ready after {timeout_s:g}s ({last})")
+
+
+def timed_infer(session: requests.Session, url: str, payload: bytes, timeout_s: float = 30.0) -> tuple[RequestSample, str]:
+    """One POST /infer timed on the monotonic clock; returns the sample and the model name."""
+    started = time.perf_counter()
+    try:
+        response = session.post(url.rstrip("/") + "/infer", data=payload, headers={"Content-Type": "image/jpeg"},
+                                 timeout=timeout_s)
+    except requests.RequestException as exc:
+        raise ProfileError(f"{url}/infer: {type(exc).__name__}: {exc}") from None
+    round_trip_ms = (time.perf_counter() - started) * 1000.0
+    if response.status_code != 200:
+        raise ProfileError(f"{url}/infer answered HTTP {response.status_code}: {response.text[:200]}")
+    try:
+        body = response.json()
+        inference_ms = float(body["inference_ms"])
+        queue_ms = float(body.get("queue_ms", 0.0) or 0.0)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ProfileError(f"{url}/infer: unexpected answer {response.text[:200]!r} ({exc})") from None
+    return RequestSample(len(payload), round_trip_ms, inference_ms, queue_ms), str(body.get("model", ""))
+
+
+def measure_site(url: str, payloads: Sequence[bytes], pad_bytes: int, warmup: int = 2,
+                 pause_s: float = 0.0, ready_timeout_s: float = 30.0) -> SiteMeasurement:
+    """Sequential requests, alternating plain and padded versions of each frame (so slow drifts
+    in machine load hit both sizes alike). The first `warmup` pairs are not kept."""
+    session = new_session()
+    try:
+        wait_ready(session, url, ready_timeout_s)
+        plain: list[RequestSample] = []
+        padded: list[RequestSample] = []
+        model = ""
+        sequence = list(payloads[:warmup]) + list(payloads)
+        for index, payload in enumerate(sequence):
+            first, model = timed_infer(session, url, payload)
+            second, _ = timed_infer(session, url, pad_jpeg(payload, pad_bytes))
+            if index >= min(warmup, len(payloads)):
+                plain.append(first)
+                padded.append(second)
+            if pause_s:
+                time.sleep(pause_s)
+        return SiteMeasurement(url, model, tuple(plain), tuple(padded))
+    finally:
+        session.close()
+
+
+def estimate_wan(edge: SiteMeasurement, cloud: SiteMeasurement, pad_bytes: int,
+                 min_padding_ms: float = 0.5) -> WanEstimate:
+    """Uplink from the padding's extra cost (cloud minus edge); RTT per cloud request."""
+    padding_ms = cloud.padding_cost_ms() - edge.padding_cost_ms()
+    bandwidth = pad_bytes * 8 / (padding_ms / 1000.0) if padding_ms > min_padding_ms else None
+    server_overhead = edge.overhead_median_ms()
+    rtt = []
+    for sample in cloud.plain:
+        transfer_ms = 0.0 if bandwidth is None else sample.bytes * 8 / bandwidth * 1000.0
+        rtt.append(max(0.0, sample.overhead_ms - server_overhead - transfer_ms))
+    return WanEstimate(bandwidth, tuple(rtt))
+
+
+def measure(edge_url: str, cloud_url: str, frames: int = 40, source: str | None = "sample", max_side: int = 640,
+            quality: int = 80, pad_bytes: int = 150_000) -> Profile:
+    """Profile both sites and the WAN between them with `frames` frames each (plus warm-up)."""
+    if frames < 3:
+        raise ValueError(f"--frames must be >= 3 for usable medians, got {frames}")
+    if pad_bytes < 1000:
+        raise ValueError(f"pad bytes must be >= 1000 to be measurable, got {pad_bytes}")
+    prepared = prepare_frames(open_source(source), frames, max_side, quality)
+    edge = measure_site(edge_url, prepared.payloads, pad_bytes)
+    cloud = measure_site(cloud_url, prepared.payloads, pad_bytes)
+    meta = {"frames": frames, "max_side": max_side, "quality": quality, "source": source or "sample",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "method": "sequential POST /infer at low load; see edgeoffload/profile.py"}
+    return Profile(edge, cloud, estimate_wan(edge, cloud, pad_bytes), tuple(len(p) for p in prepared.payloads),
+                   prepared.preprocess_ms, pad_bytes, meta)
+
+
+# --- command line -------------------------------------------------------------------------
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--edge", required=True, help="edge inference URL (e.g. the testbed's edge pool)")
+    parser.add_argument("--cloud", required=True, help="cloud inference URL, through the WAN")
+    parser.add_argument("--frames", type=int, default=40, help="frames per site (default 40)")
+    parser.add_argument("--source", default="sample", help="'sample', an image folder or a video file")
+    parser.add_argument("--max-side", type=int, default=640, help="as the preprocessor's PRE_MAX_SIDE (default 640)")
+    parser.add_argument("--quality", type=int, default=80, help="as the preprocessor's PRE_JPEG_QUALITY")
+    parser.add_argument("--pad-kb", type=float, default=150.0,
+                        help="extra bytes (KB) of the second frame size used to measure bandwidth")
+    parser.add_argument("-o", "--output", required=True, help="profile JSON to write")
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgeoffload.load.summary import text_table
+
+    profile = measure(args.edge, args.cloud, frames=args.frames, source=args.source, max_side=args.max_side,
+                      quality=args.quality, pad_bytes=int(args.pad_kb * 1000))
+    path = profile.write(args.output)
+    print(text_table(profile.rows(), f"profile written to {path}"))
+    return 0
+
+
+__all__ = ["Profile", "ProfileError", "RequestSample", "SiteMeasurement", "WanEstimate", "estimate_wan", "measure",
+           "measure_site", "pad_jpeg", "prepare_frames", "register", "run", "timed_infer"]

@@ -1,0 +1,357 @@
+"""Simulation against reality: one seeded trace replayed on the local testbed and simulated.
+
+    1. bring the local testbed up (edgeoffload.local) with the given detectors, WAN and HPA;
+    2. profile it with `edgeoffload profile` through the same relays the preprocessor uses,
+       and time a replica's cold start;
+    3. replay the trace open-loop (edgeoffload.load.replay, in a process of its own), sampling
+       the replica counts;
+    4. simulate the same trace (trace-driven cameras with the bytes the preprocessor really
+       sends) with the fitted profile, the same policy, queue bounds and HPA, for a few seeds;
+    5. compare with edgeoffload.analysis: latency p50/p95, edge/cloud split, drops, per-site
+       time breakdown and replica timelines.
+
+The simulator's modelling choices that the testbed does not share are listed in
+`MODEL_DIFFERENCES`, so a report can name the likely causes of a gap.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from edgeoffload.analysis import (Deviation, ReplicaPoint, RunMetrics, after_warmup, compare, from_records, from_runs,
+                                  pod_seconds, timeline_from_summary)
+from edgeoffload.load.sample_video import CyclicFrames, open_source
+from edgeoffload.load.trace import Trace, TraceSpec, generate, with_frame_sizes, write_trace
+from edgeoffload.local import SiteOptions, Testbed, TestbedOptions, hpa_for
+from edgeoffload.profile import Profile, measure
+from edgeoffload.records import FrameRecord, read_records
+from edgeoffload.relay import LinkProfile
+from edgeoffload.serve import start_unit
+from edgeoffload.sim import load_scenario, run_scenario
+from edgeoffload.sim.stats import Summary
+
+log = logging.getLogger(__name__)
+
+# The preprocessor's defaults (edgeoffload.units.preprocessor.PreprocessorConfig) that shape queueing.
+PREPROCESSOR_QUEUE = 8          # frames waiting per site (the oldest is dropped beyond)
+PREPROCESSOR_DEADLINE_MS = 500.0
+
+MODEL_DIFFERENCES: tuple[str, ...] = (
+    "the preprocessor's own work (decode, resize, JPEG re-encode; `preprocess_ms` in the profile) "
+    "is not a stage of the simulator",
+    "the preprocessor drops the OLDEST queued frame when its per-site queue is full; the simulated pod "
+    "refuses the NEWEST (503)",
+    "the preprocessor sends at most 2 requests per site at once (dispatcher threads); the simulator "
+    "sends every frame at once to the pod queue",
+    "the policy sees the replica count the preprocessor was started with; the simulator gives it the "
+    "ready count",
+    "the HPA's Pods metric is averaged over 5 scrapes per sync on the testbed, read once per sync "
+    "in the simulator",
+    "every testbed process shares this machine's CPUs, so service times under load are longer than the "
+    "sequential profile (and a second replica adds no cores); the simulator's pods are independent",
+)
+
+
+@dataclass(frozen=True)
+class ValidationSetup:
+    """What to run; the defaults are the committed experiment's (about 2 minutes)."""
+
+    trace: TraceSpec = TraceSpec(kind="poisson", cameras=2, rate=2.5, duration_s=60.0, seed=7)
+    edge: SiteOptions = SiteOptions(kind="haar-face", replicas=1, max_replicas=2)
+    cloud: SiteOptions = SiteOptions(kind="haar-face", replicas=1, max_replicas=2)
+    wan: LinkProfile = LinkProfile(delay_s=0.02, uplink_bps=20e6, downlink_bps=100e6)
+    policy: str = "min-latency"
+    max_side: int = 320
+    autoscale: bool = True
+    sync_period_s: float = 5.0
+    profile_frames: int = 30
+    warmup_s: float = 5.0
+    sim_seeds: int = 5
+    sample_interval_s: float = 0.5
+    drain_timeout_s: float = 60.0
+
+
+@dataclass
+class ValidationResult:
+    setup: ValidationSetup
+    profile: Profile
+    cold_start_s: float
+    replay: "ReplayOutcome"
+    real: RunMetrics
+    simulated: RunMetrics                      # pooled over every seed
+    per_seed: list[RunMetrics]
+    deviations: list[Deviation]
+    real_timeline: list[ReplicaPoint]
+    sim_timeline: list[ReplicaPoint]           # first seed
+    real_records: list[FrameRecord]            # after warm-up
+    sim_runs: list[list[FrameRecord]]          # after warm-up, one list per seed
+    sim_summaries: list[Summary] = field(default_factory=list)
+    in_run: RunMetrics | None = None           # simulator with service times measured during the replay
+    in_run_deviations: list[Deviation] = field(default_factory=list)
+    in_run_records: list[FrameRecord] = field(default_factory=list)   # after warm-up, every seed
+    profile_after: Profile | None = None       # the same measurement right after the replay (drift check)
+
+    @property
+    def sim_records(self) -> list[FrameRecord]:
+        return [record for run in self.sim_runs for record in run]
+
+    @property
+    def target_met(self) -> bool:
+        return all(d.within for d in self.deviations if d.metric in ("p50_ms", "p95_ms", "cloud_share"))
+
+
+# --- the sizes the simulator must see --------------------------------------------------------
+
+def sent_sizes(trace: Trace, frames: CyclicFrames, max_side: int, quality: int = 80) -> Trace:
+    """The trace with each frame's size as the preprocessor sends it (prepared, re-encoded),
+    which is what crosses the WAN, not the size the camera produced."""
+    from edgeoffload.units.preprocessor import FramePreparer
+
+    preparer = FramePreparer(max_side=max_side, quality=quality)
+    cache: dict[int, int] = {}
+
+    def size(camera: str, index: int) -> int:
+        raw = frames.frame(camera, index)
+        key = id(raw)
+        if key not in cache:
+            cache[key] = len(preparer.from_bytes(raw).payload)
+        return cache[key]
+
+    return with_frame_sizes(trace, size)
+
+
+# --- the testbed side ---
+
+# Runs a command module the way edgeoffload.cli does (register + run), whatever COMMANDS holds.
+_COMMAND_RUNNER = ("import argparse, importlib, sys; module = importlib.import_module(sys.argv[1]); "
+                   "parser = argparse.ArgumentParser(); module.register(parser); "
+                   "sys.exit(module.run(parser.parse_args(sys.argv[2:])))")
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayOutcome:
+    """What the replay process reported: exit status (0 = every frame accounted for) and its table."""
+
+    returncode: int
+    report: str
+
+    @property
+    def complete(self) -> bool:
+        return self.returncode == 0
+
+
+def replay_process(trace_csv: Path, testbed: Testbed, out: Path, drain_timeout_s: float,
+                   duration_s: float) -> ReplayOutcome:
+    """`edgeoffload replay` in a process of its own. The load generator's threads then do not
+    compete for this process's GIL with the relays that emulate the network (they live here,
+    in the Testbed), which would add latency the simulator rightly knows nothing about."""
+    assert testbed.broker is not None
+    env = {**os.environ, "EDGEOFFLOAD_MQTT_PASSWORD": testbed.broker.users["monitor"]}
+    command = [sys.executable, "-c", _COMMAND_RUNNER, "edgeoffload.load.replay", str(trace_csv),
+               "--target", testbed.preprocessor_url, "--mqtt-host", testbed.broker.host,
+               "--mqtt-port", str(testbed.broker.port), "--mqtt-user", "monitor", "--out", str(out),
+               "--drain-timeout", f"{drain_timeout_s:g}", "--no-progress"]
+    completed = subprocess.run(command, env=env, capture_output=True, text=True,
+                               timeout=duration_s + drain_timeout_s + 120)
+    if completed.returncode not in (0, 1):
+        raise RuntimeError(f"replay failed ({completed.returncode}): {completed.stderr[-2000:]}")
+    return ReplayOutcome(completed.returncode, completed.stdout)
+
+
+class ReplicaSampler:
+    """Samples the testbed pools' replica counts (ready replicas) on the wall clock."""
+
+    def __init__(self, testbed: Testbed, interval_s: float) -> None:
+        self.testbed = testbed
+        self.interval_s = interval_s
+        self.samples: list[tuple[float, int, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="replica-sampler")
+
+    def __enter__(self) -> "ReplicaSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _loop(self) -> None:
+        while True:
+            self.samples.append((time.time(), self.testbed.pools["edge"].size, self.testbed.pools["cloud"].size))
+            if self._stop.wait(self.interval_s):
+                return
+
+    def timeline(self, origin: float) -> list[ReplicaPoint]:
+        return [ReplicaPoint(round(t - origin, 3), edge, cloud) for t, edge, cloud in self.samples if t >= origin]
+
+
+def time_cold_start(testbed: Testbed, site: str = "cloud") -> float:
+    """Seconds from starting one more replica process of `site` to its ready probe passing."""
+    pool = testbed.pools[site]
+    started = time.monotonic()
+    unit = start_unit("inference", env=pool.env, workers=1, threads=pool.threads, log_dir=testbed.log_dir)
+    elapsed = time.monotonic() - started
+    unit.stop()
+    return elapsed
+
+
+def local_options(setup: ValidationSetup, workdir: Path) -> TestbedOptions:
+    return TestbedOptions(edge=setup.edge, cloud=setup.cloud, wan=setup.wan, policy=setup.policy,
+                          max_side=setup.max_side, autoscale=setup.autoscale, sync_period_s=setup.sync_period_s,
+                          broker_port=0, preprocessor_port=0, web_port=0, workdir=str(workdir))
+
+
+# --- the simulator side --------------------------------------------------------------------
+
+def simulated_scenario(setup: ValidationSetup, trace_csv: Path, profile_json: Path, cold_start_s: float,
+                       duration_s: float, seed: int) -> Any:
+    """The testbed as a scenario: trace-driven cameras, profile-driven pools and WAN, the HPA
+    the local autoscaler runs (the very same HPASpec objects)."""
+    def pool(site: str, options: SiteOptions) -> dict[str, Any]:
+        return {"replicas": max(1, options.replicas), "workers": max(1, options.instances), "queue": "per-pod",
+                # the preprocessor's queue plus the one request waiting at the unit behind the one in service
+                "queue_capacity": PREPROCESSOR_QUEUE + 1,
+                "service_ms": {"dist": "profile", "file": str(profile_json.resolve()), "key": f"{site}.service_ms"},
+                "cold_start_s": {"dist": "constant", "value": round(cold_start_s, 3)},
+                "model": f"{site}/{options.kind}"}
+
+    raw = {"name": "sim-vs-real", "duration_s": duration_s, "warmup_s": setup.warmup_s, "seed": seed,
+           "timeline_interval_s": setup.sample_interval_s,
+           "cameras": [{"name": "trace", "trace": str(trace_csv.resolve()), "deadline_ms": PREPROCESSOR_DEADLINE_MS}],
+           "wan": {"profile": str(profile_json.resolve())},
+           "edge": pool("edge", setup.edge), "cloud": pool("cloud", setup.cloud)}
+    scenario = load_scenario(raw, base_dir=trace_csv.parent)
+    if setup.autoscale:
+        options = local_options(setup, trace_csv.parent)
+        scenario = dataclasses.replace(
+            scenario, edge=dataclasses.replace(scenario.edge, hpa=hpa_for(options, "edge")),
+            cloud=dataclasses.replace(scenario.cloud, hpa=hpa_for(options, "cloud")))
+    return scenario
+
+
+def simulate(setup: ValidationSetup, trace_csv: Path, profile_json: Path, cold_start_s: float, duration_s: float,
+             records_dir: Path) -> tuple[list[Summary], list[list[FrameRecord]]]:
+    summaries, records = [], []
+    for seed in range(setup.sim_seeds):
+        scenario = simulated_scenario(setup, trace_csv, profile_json, cold_start_s, duration_s, seed)
+        path = records_dir / f"sim_records_seed{seed}.csv"
+        result = run_scenario(scenario, setup.policy, out=path)
+        summaries.append(result.summary)
+        records.append(list(read_records(path)))
+    return summaries, records
+
+
+def in_run_profile(records: list[FrameRecord], profile: Profile) -> dict[str, Any]:
+    """A profile whose service times are those the testbed showed DURING the replay (model time
+    plus the HTTP path, per answered frame), with the measured WAN. Simulating with it separates
+    the queueing/policy model from the profile: if this matches and the profiled run does not,
+    the gap is the difference between sequential profiling and service under concurrent load."""
+    data = profile.to_dict()
+    edge = [r for r in records if r.site == "edge" and r.status == "ok"]
+    cloud = [r for r in records if r.site == "cloud" and r.status == "ok"]
+    if edge:
+        data["edge"]["service_ms"] = [round(r.t_inference_ms + r.t_network_ms, 3) for r in edge]
+        path_ms = statistics.median(r.t_network_ms for r in edge)
+    else:
+        path_ms = profile.edge.overhead_median_ms()
+    if cloud:
+        data["cloud"]["service_ms"] = [round(r.t_inference_ms + path_ms, 3) for r in cloud]
+    data["meta"] = {**data["meta"], "method": "service times of the replay's own answered frames"}
+    return data
+
+
+# --- the whole pipeline --------------------------------------------------------------------
+
+def run_validation(setup: ValidationSetup, out_dir: str | Path,
+                   progress: Callable[[str], None] = lambda _m: None) -> ValidationResult:
+    """Run the pipeline; `out_dir` receives profile.json, trace.csv and the record files."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    frames = open_source("sample")
+    trace = sent_sizes(generate(setup.trace), frames, setup.max_side)
+    trace_csv = write_trace(trace, out / "trace.csv")
+    with tempfile.TemporaryDirectory(prefix="edgeoffload-validation-") as workdir:
+        progress("starting the local testbed")
+        with Testbed(local_options(setup, Path(workdir))) as testbed:
+            progress("timing a replica cold start")
+            cold_start_s = time_cold_start(testbed)
+            progress("profiling the inference units and the WAN")
+            profile = measure(testbed.relays["edge"].url, testbed.relays["cloud"].url, frames=setup.profile_frames,
+                              max_side=setup.max_side)
+            profile_json = profile.write(out / "profile.json")
+            progress(f"replaying {len(trace)} frames over {trace.duration_s:.0f}s")
+            with ReplicaSampler(testbed, setup.sample_interval_s) as sampler:
+                result = replay_process(trace_csv, testbed, out / "real_records.csv", setup.drain_timeout_s,
+                                        trace.duration_s)
+            progress("profiling again, to see whether the machine changed during the replay")
+            profile_after = measure(testbed.relays["edge"].url, testbed.relays["cloud"].url,
+                                    frames=setup.profile_frames, max_side=setup.max_side)
+            profile_after.write(out / "profile_after.json")
+    all_real = list(read_records(out / "real_records.csv"))
+    origin = min((r.captured_at for r in all_real), default=time.time())
+    progress(f"simulating {setup.sim_seeds} seed(s)")
+    summaries, sim_runs = simulate(setup, trace_csv, profile_json, cold_start_s, trace.duration_s + 1e-3, out)
+    real_records = after_warmup(all_real, setup.warmup_s)
+    real_timeline, sim_timeline = sampler.timeline(origin), timeline_from_summary(summaries[0])
+    end = trace.duration_s
+    real = from_records(real_records, "testbed", pod_seconds(real_timeline, end))
+    sim_counted = [after_warmup(run, setup.warmup_s) for run in sim_runs]
+    simulated = from_runs(sim_counted, f"simulator ({setup.sim_seeds} seeds)", pod_seconds(sim_timeline, end))
+    per_seed = [from_records(run, f"simulator seed {seed}") for seed, run in enumerate(sim_counted)]
+    progress("simulating with the service times seen during the replay")
+    in_run_json = out / "in_run_profile.json"
+    in_run_json.write_text(json.dumps(in_run_profile(real_records, profile), indent=1) + "\n", encoding="utf-8")
+    in_run_dir = out / "in_run"
+    in_run_dir.mkdir(exist_ok=True)
+    _, in_run_runs = simulate(setup, trace_csv, in_run_json, cold_start_s, trace.duration_s + 1e-3, in_run_dir)
+    in_run_counted = [after_warmup(run, setup.warmup_s) for run in in_run_runs]
+    in_run = from_runs(in_run_counted, "simulator, in-run service times")
+    return ValidationResult(setup, profile, cold_start_s, result, real, simulated, per_seed,
+                            compare(real, simulated), real_timeline, sim_timeline,
+                            real_records, sim_counted, summaries, in_run, compare(real, in_run),
+                            [record for run in in_run_counted for record in run], profile_after)
+
+
+# --- where the time goes ---------------------------------------------------------------------
+
+def breakdown(records: list[FrameRecord], label: str) -> list[dict[str, Any]]:
+    """Per site: answered frames and the mean/median of each record time component."""
+    rows = []
+    for site in ("edge", "cloud"):
+        ok = [r for r in records if r.site == site and r.status == "ok"]
+        row: dict[str, Any] = {"run": label, "site": site, "answered": len(ok)}
+        for part in ("t_queue_ms", "t_network_ms", "t_inference_ms", "t_total_ms"):
+            values = [getattr(r, part) for r in ok]
+            row[f"mean_{part[2:]}"] = statistics.fmean(values) if values else None
+            row[f"p50_{part[2:]}"] = statistics.median(values) if values else None
+        rows.append(row)
+    return rows
+
+
+def with_offset(records: list[FrameRecord], offset_ms: float) -> list[FrameRecord]:
+    """Records with `offset_ms` more end-to-end latency (a stage the simulator does not model,
+    e.g. the preprocessor's own work), deadlines re-judged."""
+    shifted = []
+    for record in records:
+        total = record.t_total_ms + offset_ms if record.status == "ok" else record.t_total_ms
+        met = record.deadline_met
+        if met is not None and record.status == "ok":
+            met = total <= PREPROCESSOR_DEADLINE_MS
+        shifted.append(dataclasses.replace(record, t_total_ms=total, deadline_met=met))
+    return shifted
+
+
+__all__ = ["MODEL_DIFFERENCES", "ReplayOutcome", "ReplicaSampler", "ValidationResult", "ValidationSetup", "breakdown",
+           "in_run_profile", "run_validation", "sent_sizes", "simulate", "simulated_scenario", "time_cold_start", "with_offset"]

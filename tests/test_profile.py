@@ -1,0 +1,117 @@
+"""`edgeoffload profile` against real haar-face inference units, the cloud one behind an emulated WAN."""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edgeoffload import profile as profile_cmd
+from edgeoffload.load.sample_video import SampleVideoSpec, sample_jpegs, sample_source
+from edgeoffload.profile import ProfileError, measure, pad_jpeg, prepare_frames, timed_infer
+from edgeoffload.offload import new_session
+from edgeoffload.relay import LinkProfile, TcpRelay
+from edgeoffload.serve import UnitProcess, free_port, start_unit
+from edgeoffload.sim import load_scenario
+
+ONE_WAY_S = 0.03
+UPLINK_BPS = 8e6
+
+
+def _unit(site: str) -> UnitProcess:
+    return start_unit("inference", env={"INFER_SITE": site, "INFER_KIND": "haar-face", "INFER_THREADS": "1"},
+                      threads=3)
+
+
+@pytest.fixture(scope="module")
+def sites() -> tuple[str, str]:
+    """(edge URL, cloud URL through a relay with 30 ms one-way delay and an 8 Mbit/s uplink)."""
+    edge, cloud = _unit("edge"), _unit("cloud")
+    relay = TcpRelay([("127.0.0.1", int(cloud.url.rsplit(":", 1)[1]))],
+                     link=LinkProfile(delay_s=ONE_WAY_S, uplink_bps=UPLINK_BPS, downlink_bps=100e6)).start()
+    try:
+        yield edge.url, relay.url
+    finally:
+        relay.stop()
+        edge.stop()
+        cloud.stop()
+
+
+def test_pad_jpeg_keeps_pixels_and_adds_the_bytes() -> None:
+    frame = sample_jpegs(SampleVideoSpec(frames_per_scene=1, scenes=("coffee",)))[0]
+    padded = pad_jpeg(frame, 150_000)
+    assert 150_000 - 4 <= len(padded) - len(frame) <= 150_000
+    original = cv2.imdecode(np.frombuffer(frame, np.uint8), cv2.IMREAD_COLOR)
+    decoded = cv2.imdecode(np.frombuffer(padded, np.uint8), cv2.IMREAD_COLOR)
+    assert decoded is not None and np.array_equal(original, decoded)
+    with pytest.raises(ValueError):
+        pad_jpeg(b"\x89PNG\r\n\x1a\n", 1000)
+
+
+def test_frames_are_prepared_like_the_preprocessor_sends_them() -> None:
+    prepared = prepare_frames(sample_source(), 3, max_side=320)
+    assert len(prepared.payloads) == len(prepared.preprocess_ms) == 3
+    for payload in prepared.payloads:
+        image = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
+        assert max(image.shape[:2]) == 320
+    assert all(ms > 0 for ms in prepared.preprocess_ms)
+
+
+def test_profile_measures_service_rtt_and_bandwidth(sites: tuple[str, str], tmp_path: Path) -> None:
+    edge_url, cloud_url = sites
+    measured = measure(edge_url, cloud_url, frames=4, max_side=320, pad_bytes=100_000)
+    assert len(measured.edge.plain) == len(measured.cloud.plain) == 4
+    assert measured.edge.model.startswith("edge/haar-face") and measured.cloud.model.startswith("cloud/haar-face")
+    # The service time covers at least the model time the unit reports, plus the HTTP path.
+    for sample, service in zip(measured.edge.plain, measured.edge_service_ms()):
+        assert service >= sample.inference_ms > 0
+    # 100 KB at 8 Mbit/s is 100 ms on the wire: the estimate must find the emulated link.
+    assert measured.wan.bandwidth_bps == pytest.approx(UPLINK_BPS, rel=0.3)
+    assert 2000 * ONE_WAY_S * 0.7 <= statistics.median(measured.wan.rtt_ms) <= 2000 * ONE_WAY_S * 1.6
+
+    path = measured.write(tmp_path / "profile.json")
+    written = json.loads(path.read_text())
+    assert written["frame_bytes"] == [len(p) for p in prepare_frames(sample_source(), 4, 320).payloads]
+    assert written["wan"]["bandwidth_bps"] == round(measured.wan.bandwidth_bps)
+    # The simulator reads it through the documented schema keys (edgeoffload.sim.PROFILE_SCHEMA).
+    scenario = load_scenario({
+        "duration_s": 1, "cameras": [{"name": "c", "frame_bytes": {"dist": "profile", "file": "profile.json",
+                                                                   "key": "frame_bytes"}}],
+        "wan": {"profile": "profile.json"},
+        "edge": {"service_ms": {"dist": "profile", "file": "profile.json", "key": "edge.service_ms"}},
+        "cloud": {"service_ms": {"dist": "profile", "file": "profile.json", "key": "cloud.service_ms"}}},
+        base_dir=tmp_path)
+    assert scenario.edge.service_ms.samples == tuple(written["edge"]["service_ms"])
+    assert scenario.cloud.service_ms.samples == tuple(written["cloud"]["service_ms"])
+    assert scenario.wan.bandwidth_bps == written["wan"]["bandwidth_bps"]
+    assert scenario.wan.rtt_ms == pytest.approx(statistics.median(written["wan"]["rtt_ms"]))
+
+
+def test_profile_command_writes_the_file(sites: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    parser = argparse.ArgumentParser()
+    profile_cmd.register(parser)
+    out = tmp_path / "cli-profile.json"
+    args = parser.parse_args(["--edge", sites[0], "--cloud", sites[1], "--frames", "3", "--max-side", "240",
+                              "--pad-kb", "60", "-o", str(out)])
+    assert profile_cmd.run(args) == 0
+    written = json.loads(out.read_text())
+    assert len(written["edge"]["service_ms"]) == len(written["cloud"]["service_ms"]) == 3
+    assert written["meta"]["max_side"] == 240
+    assert "wan uplink" in capsys.readouterr().out
+
+
+def test_unreachable_or_misused_unit_is_a_clear_error(sites: tuple[str, str]) -> None:
+    session = new_session()
+    try:
+        with pytest.raises(ProfileError, match="ConnectionError"):
+            timed_infer(session, f"http://127.0.0.1:{free_port()}", b"\xff\xd8\xff\xd9", timeout_s=2)
+        with pytest.raises(ProfileError, match="HTTP 400"):
+            timed_infer(session, sites[0], b"\xff\xd8 not a jpeg", timeout_s=10)
+    finally:
+        session.close()
+    with pytest.raises(ValueError, match="frames"):
+        measure(sites[0], sites[1], frames=2)

@@ -1,0 +1,96 @@
+"""Simulation vs testbed: the whole pipeline on a short trace, and the scenario it builds."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from edgeoffload.broker import find_mosquitto
+from edgeoffload.load.sample_video import sample_source
+from edgeoffload.load.trace import TraceSpec, generate, write_trace
+from edgeoffload.local import SiteOptions, hpa_for
+from edgeoffload.validation import (PREPROCESSOR_QUEUE, ValidationSetup, breakdown, run_validation, sent_sizes,
+                                    simulated_scenario, local_options, with_offset)
+
+
+def test_sent_sizes_are_what_the_preprocessor_sends() -> None:
+    from edgeoffload.units.preprocessor import FramePreparer
+
+    frames = sample_source()
+    trace = sent_sizes(generate(TraceSpec("periodic", cameras=2, rate=2, duration_s=2)), frames, max_side=200)
+    preparer = FramePreparer(max_side=200)
+    assert trace.has_sizes
+    for event in trace:
+        assert event.frame_bytes == len(preparer.from_bytes(frames.frame(event.camera, event.frame_index)).payload)
+
+
+def test_simulated_scenario_mirrors_the_testbed(tmp_path: Path) -> None:
+    trace = write_trace(sent_sizes(generate(TraceSpec("poisson", 2, 3.0, 5.0, seed=1)), sample_source(), 320),
+                        tmp_path / "trace.csv")
+    (tmp_path / "profile.json").write_text(json.dumps({"edge": {"service_ms": [40.0, 50.0]},
+                                                       "cloud": {"service_ms": [30.0]},
+                                                       "wan": {"rtt_ms": [41.0, 43.0, 60.0], "bandwidth_bps": 2e7}}))
+    setup = ValidationSetup(edge=SiteOptions(max_replicas=3), autoscale=True, sync_period_s=4.0)
+    scenario = simulated_scenario(setup, trace, tmp_path / "profile.json", cold_start_s=1.5, duration_s=10.0, seed=2)
+    assert scenario.seed == 2 and scenario.warmup_s == setup.warmup_s
+    assert scenario.edge.service_ms.samples == (40.0, 50.0) and scenario.cloud.service_ms.samples == (30.0,)
+    assert scenario.wan.rtt_ms == 43.0 and scenario.wan.bandwidth_bps == 2e7
+    assert scenario.edge.queue_capacity == PREPROCESSOR_QUEUE + 1
+    assert scenario.cloud.cold_start_s.mean == 1.5
+    assert scenario.cameras[0].deadline_ms == 500.0
+    assert len(scenario.cameras[0].trace) == len(generate(TraceSpec("poisson", 2, 3.0, 5.0, seed=1)))
+    options = local_options(setup, tmp_path)
+    assert scenario.edge.hpa == hpa_for(options, "edge") and scenario.edge.hpa.max_replicas == 3
+    assert scenario.cloud.hpa == hpa_for(options, "cloud") and scenario.cloud.hpa.sync_period_s == 4.0
+    static = simulated_scenario(ValidationSetup(autoscale=False), trace, tmp_path / "profile.json", 1.5, 10.0, 0)
+    assert static.edge.hpa is None and static.cloud.hpa is None
+
+
+def test_offset_adds_latency_and_rejudges_deadlines() -> None:
+    from edgeoffload.records import FrameRecord
+
+    records = [FrameRecord("c", 0, 0.0, "edge", "ok", t_total_ms=495.0, deadline_met=True),
+               FrameRecord("c", 1, 0.0, "edge", "dropped", t_total_ms=3.0, deadline_met=False)]
+    shifted = with_offset(records, 10.0)
+    assert shifted[0].t_total_ms == 505.0 and shifted[0].deadline_met is False
+    assert shifted[1] == records[1]
+
+
+def test_pipeline_replays_profiles_and_simulates_the_same_trace(tmp_path: Path) -> None:
+    if find_mosquitto() is None:
+        pytest.fail("mosquitto is not installed: run `make system-deps`")
+    spec = TraceSpec(kind="poisson", cameras=2, rate=1.0, duration_s=8.0, seed=3)
+    setup = ValidationSetup(trace=spec, policy="alternate", autoscale=False, profile_frames=3, warmup_s=1.0,
+                            sim_seeds=2, max_side=240, drain_timeout_s=30.0)
+    result = run_validation(setup, tmp_path)
+
+    trace_rows = list(csv.DictReader((tmp_path / "trace.csv").open()))
+    assert result.replay.complete, result.replay.report
+    assert f"accounted (1 record each)  {len(trace_rows)}/{len(trace_rows)}" in result.replay.report
+    # The same frames on both sides: every counted testbed frame is in each simulated run.
+    real_keys = {(r.camera, r.frame_id) for r in result.real_records}
+    assert len(result.sim_runs) == 2
+    for run in result.sim_runs:
+        assert {(r.camera, r.frame_id) for r in run} == real_keys
+    assert result.real.frames == result.simulated.frames == len(real_keys) > 0
+    # The simulator sent the bytes the testbed's preprocessor really sent to the cloud.
+    sizes = {(row["camera"], int(row["frame_index"])): int(row["bytes"]) for row in trace_rows}
+    cloud = [r for r in result.real_records if r.site == "cloud" and r.status == "ok"]
+    assert cloud and all(r.bytes_sent == sizes[(r.camera, r.frame_id)] for r in cloud)
+    # "alternate" splits the same way on both sides.
+    assert result.real.cloud_share == pytest.approx(0.5, abs=0.15)
+    assert result.simulated.cloud_share == pytest.approx(0.5, abs=0.15)
+
+    assert [d.metric for d in result.deviations] == ["p50_ms", "p95_ms", "cloud_share", "drop_rate"]
+    assert all(d.error is not None and math.isfinite(d.error) for d in result.deviations)
+    assert result.target_met == all(d.within for d in result.deviations[:3])
+    assert result.real_timeline and all(p.edge == p.cloud == 1 for p in result.real_timeline)
+    assert result.sim_timeline and all(p.edge == p.cloud == 1 for p in result.sim_timeline)
+    assert 0.1 < result.cold_start_s < 60
+    profile = json.loads((tmp_path / "profile.json").read_text())
+    assert len(profile["edge"]["service_ms"]) == 3 and profile["meta"]["max_side"] == 240
+    parts = {(row["site"]): row for row in breakdown(result.real_records, "testbed")}
+    assert parts["cloud"]["mean_network_ms"] > parts["edge"]["mean_network_ms"]   # the WAN is on the cloud path
