@@ -16,6 +16,24 @@ comment segments (identical pixels, so identical model cost, `pad_bytes` more on
 the extra time the padding costs through the cloud path, less what it costs at the edge
 (loopback), is the uplink serialisation time of `pad_bytes`.
 
+Under load (`--load-fps F`): the sequential requests above still give the WAN and the idle
+service times, and then the service times are measured again while open-loop background senders
+offer F frames/s of the same frames (Poisson arrivals), routed between the sites by a policy
+(`--load-policy`, default `queue-threshold:1`: the cloud gets a frame when the edge is busy, which
+is when edge-first policies offload) and sent by `--concurrency` dispatchers per site, as the
+preprocessor sends them. On a machine whose CPUs every unit shares, this is what a frame meets
+during an experiment at that rate: other inferences running at the same time. The timed
+background requests themselves are the samples; the time a request waited inside the unit for a
+model instance (its `queue_ms` above the idle median, i.e. above decoding) is queueing, which the
+simulator models itself, so it is taken out of the service time:
+
+    path    = round trip - inference - max(0, queue_ms - idle median queue_ms)
+    edge:   service = inference + path
+    cloud:  service = inference + median(loaded edge path)
+
+`edge.service_ms`/`cloud.service_ms` are then the loaded samples; the idle ones stay as
+`idle_service_ms`.
+
 The output follows edgeoffload.sim.PROFILE_SCHEMA (`edge.service_ms`, `cloud.service_ms`,
 `wan.rtt_ms`, `wan.bandwidth_bps`, `frame_bytes`) plus the raw parts (`inference_ms`,
 `overhead_ms`, `preprocess_ms`) so a gap between simulation and testbed can be traced.
@@ -23,8 +41,14 @@ The output follows edgeoffload.sim.PROFILE_SCHEMA (`edge.service_ms`, `cloud.ser
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import logging
+import math
+import queue
+import random
 import statistics
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +58,9 @@ import requests
 
 from edgeoffload.load.sample_video import CyclicFrames, open_source
 from edgeoffload.offload import new_session
+from edgeoffload.policy import Observation, SiteState, load_policy
+
+log = logging.getLogger(__name__)
 
 PROFILE_VERSION = 1
 COMMENT_MARKER = b"\xff\xfe"
@@ -97,29 +124,46 @@ class Profile:
     preprocess_ms: tuple[float, ...]
     pad_bytes: int
     meta: dict[str, Any] = field(default_factory=dict)
+    loaded: "LoadedMeasurement | None" = None
 
-    def edge_service_ms(self) -> list[float]:
+    def idle_edge_service_ms(self) -> list[float]:
         return [s.inference_ms + s.overhead_ms for s in self.edge.plain]
 
-    def cloud_service_ms(self) -> list[float]:
+    def idle_cloud_service_ms(self) -> list[float]:
         overhead = self.edge.overhead_median_ms()
         return [s.inference_ms + overhead for s in self.cloud.plain]
 
+    def edge_service_ms(self) -> list[float]:
+        """The simulator's edge service times: under load when measured so, else sequential."""
+        return self.loaded.edge_service_ms() if self.loaded else self.idle_edge_service_ms()
+
+    def cloud_service_ms(self) -> list[float]:
+        return self.loaded.cloud_service_ms() if self.loaded else self.idle_cloud_service_ms()
+
     def to_dict(self) -> dict[str, Any]:
-        def site(measured: SiteMeasurement, service: list[float]) -> dict[str, Any]:
-            return {"service_ms": _rounded(service), "inference_ms": _rounded(s.inference_ms for s in measured.plain),
+        def site(name: str, measured: SiteMeasurement, idle: list[float], service: list[float]) -> dict[str, Any]:
+            data = {"service_ms": _rounded(service), "inference_ms": _rounded(s.inference_ms for s in measured.plain),
                     "overhead_ms": _rounded(s.overhead_ms for s in measured.plain),
                     "queue_ms": _rounded(s.queue_ms for s in measured.plain), "model": measured.model,
                     "url": measured.url}
+            if self.loaded is not None:
+                samples = getattr(self.loaded, name)
+                data.update(idle_service_ms=_rounded(idle),
+                            loaded={"inference_ms": _rounded(s.inference_ms for s in samples),
+                                    "round_trip_ms": _rounded(s.round_trip_ms for s in samples),
+                                    "queue_ms": _rounded(s.queue_ms for s in samples)})
+            return data
         wan: dict[str, Any] = {"rtt_ms": _rounded(self.wan.rtt_ms)}
         if self.wan.bandwidth_bps is not None:
             wan["bandwidth_bps"] = round(self.wan.bandwidth_bps)
+        meta = {**self.meta, "pad_bytes": self.pad_bytes}
+        if self.loaded is not None:
+            meta["load"] = self.loaded.describe()
         return {"version": PROFILE_VERSION,
-                "edge": site(self.edge, self.edge_service_ms()),
-                "cloud": site(self.cloud, self.cloud_service_ms()),
+                "edge": site("edge", self.edge, self.idle_edge_service_ms(), self.edge_service_ms()),
+                "cloud": site("cloud", self.cloud, self.idle_cloud_service_ms(), self.cloud_service_ms()),
                 "wan": wan, "frame_bytes": list(self.frame_bytes),
-                "preprocess_ms": _rounded(self.preprocess_ms),
-                "meta": {**self.meta, "pad_bytes": self.pad_bytes}}
+                "preprocess_ms": _rounded(self.preprocess_ms), "meta": meta}
 
     def write(self, path: str | Path) -> Path:
         path = Path(path)
@@ -133,15 +177,25 @@ class Profile:
             return f"{statistics.median(values):.2f} ms" if values else "-"
         bandwidth = "unshaped (not measurable)" if self.wan.bandwidth_bps is None \
             else f"{self.wan.bandwidth_bps / 1e6:.2f} Mbit/s"
-        return [("frames per site", str(len(self.edge.plain))),
+        rows = [("frames per site", str(len(self.edge.plain))),
                 ("frame bytes (median)", f"{statistics.median(self.frame_bytes):,.0f}"),
                 ("preprocess", med(self.preprocess_ms)),
                 ("edge model / overhead / service", " / ".join(med(v) for v in (
                     [s.inference_ms for s in self.edge.plain], [s.overhead_ms for s in self.edge.plain],
-                    self.edge_service_ms()))),
+                    self.idle_edge_service_ms()))),
                 ("cloud model / service", " / ".join(med(v) for v in (
-                    [s.inference_ms for s in self.cloud.plain], self.cloud_service_ms()))),
+                    [s.inference_ms for s in self.cloud.plain], self.idle_cloud_service_ms()))),
                 ("wan rtt", med(self.wan.rtt_ms)), ("wan uplink", bandwidth)]
+        if self.loaded is not None:
+            loaded = self.loaded
+            rows += [("load", f"{loaded.load.fps:g} fps, {loaded.load.policy}, {loaded.load.concurrency} per site, "
+                              f"{loaded.sent} frames in {loaded.duration_s:.1f} s"),
+                     ("loaded edge model / service (frames)", " / ".join(med(v) for v in (
+                         [s.inference_ms for s in loaded.edge], loaded.edge_service_ms())) + f" ({len(loaded.edge)})"),
+                     ("loaded cloud model / service (frames)", " / ".join(med(v) for v in (
+                         [s.inference_ms for s in loaded.cloud], loaded.cloud_service_ms()))
+                      + f" ({len(loaded.cloud)})")]
+        return rows
 
 
 def _rounded(values: Any, digits: int = 3) -> list[float]:
@@ -260,9 +314,161 @@ def estimate_wan(edge: SiteMeasurement, cloud: SiteMeasurement, pad_bytes: int,
     return WanEstimate(bandwidth, tuple(rtt))
 
 
+# --- measurement under background load ----------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class BackgroundLoad:
+    """Open-loop background traffic kept up while service times are sampled (see the docstring)."""
+
+    fps: float                               # offered frames/s over both sites (Poisson arrivals)
+    policy: str = "queue-threshold:1"        # routes each frame, like the preprocessor's policy
+    concurrency: int = 2                     # requests in flight per site (the preprocessor's dispatchers)
+    seed: int = 0
+    max_duration_s: float = 180.0            # give up waiting for samples after this long
+
+    def __post_init__(self) -> None:
+        if not (self.fps > 0 and math.isfinite(self.fps)):
+            raise ValueError(f"load fps must be > 0, got {self.fps}")
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedMeasurement:
+    """The timed background requests per site (after warm-up) and the idle figures they are read against."""
+
+    load: BackgroundLoad
+    edge: tuple[RequestSample, ...]
+    cloud: tuple[RequestSample, ...]
+    idle_edge_queue_ms: float                # the edge unit's queue_ms at idle: decoding, no waiting
+    sent: int
+    failed: int
+    duration_s: float
+
+    @staticmethod
+    def path_ms(sample: RequestSample, idle_queue_ms: float) -> float:
+        """Round trip minus the model and minus the wait for a model instance inside the unit."""
+        waited = max(0.0, sample.queue_ms - idle_queue_ms)
+        return max(0.0, sample.round_trip_ms - sample.inference_ms - waited)
+
+    def edge_service_ms(self) -> list[float]:
+        return [s.inference_ms + self.path_ms(s, self.idle_edge_queue_ms) for s in self.edge]
+
+    def cloud_service_ms(self) -> list[float]:
+        path = statistics.median(self.path_ms(s, self.idle_edge_queue_ms) for s in self.edge)
+        return [s.inference_ms + path for s in self.cloud]
+
+    def describe(self) -> dict[str, Any]:
+        return {"fps": self.load.fps, "policy": self.load.policy, "concurrency": self.load.concurrency,
+                "seed": self.load.seed, "sent": self.sent, "failed": self.failed,
+                "duration_s": round(self.duration_s, 3), "samples": {"edge": len(self.edge), "cloud": len(self.cloud)}}
+
+
+class _LoadSite:
+    """One site's bounded hand-over queue, dispatcher threads and timed samples."""
+
+    def __init__(self, name: str, url: str, concurrency: int, state: SiteState) -> None:
+        self.name, self.url, self.state = name, url, state
+        self.jobs: queue.Queue[bytes | None] = queue.Queue()
+        self.samples: list[RequestSample] = []
+        self.failed = 0
+        self.in_flight = 0
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._dispatch, daemon=True, name=f"load-{name}-{i}")
+                        for i in range(concurrency)]
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def submit(self, payload: bytes) -> None:
+        with self.lock:
+            self.in_flight += 1
+        self.jobs.put(payload)
+
+    def observed(self) -> SiteState:
+        with self.lock:
+            return dataclasses.replace(self.state, in_flight=self.in_flight)
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.samples)
+
+    def stop(self, timeout_s: float) -> None:
+        for _ in self.threads:
+            self.jobs.put(None)
+        for thread in self.threads:
+            thread.join(timeout_s)
+
+    def _dispatch(self) -> None:
+        session = new_session()
+        try:
+            while (payload := self.jobs.get()) is not None:
+                try:
+                    sample, _ = timed_infer(session, self.url, payload)
+                except ProfileError as exc:
+                    log.warning("background %s request failed: %s", self.name, exc)
+                    sample = None
+                with self.lock:
+                    self.in_flight -= 1
+                    if sample is None:
+                        self.failed += 1
+                    else:
+                        self.samples.append(sample)
+        finally:
+            session.close()
+
+
+def idle_state(site: SiteMeasurement, rtt_ms: float = 0.0, bandwidth_bps: float | None = None) -> SiteState:
+    """What a policy would have learnt about a site from the sequential measurement."""
+    service_ms = statistics.median(s.inference_ms + s.overhead_ms for s in site.plain)
+    return SiteState(in_flight=0, replicas=1, service_s=service_ms / 1000.0, rtt_s=rtt_ms / 1000.0,
+                     uplink_bps=math.inf if bandwidth_bps is None else bandwidth_bps)
+
+
+def measure_loaded(edge: SiteMeasurement, cloud: SiteMeasurement, wan: WanEstimate, payloads: Sequence[bytes],
+                   load: BackgroundLoad, samples: int, warmup: int = 2) -> LoadedMeasurement:
+    """Offer `load.fps` open-loop until both sites have `samples` timed answers after `warmup`."""
+    policy = load_policy(load.policy)
+    sites = {"edge": _LoadSite("edge", edge.url, load.concurrency, idle_state(edge)),
+             "cloud": _LoadSite("cloud", cloud.url, load.concurrency,
+                                idle_state(cloud, statistics.median(wan.rtt_ms) if wan.rtt_ms else 0.0,
+                                           wan.bandwidth_bps))}
+    for site in sites.values():
+        site.start()
+    rng = random.Random(load.seed)
+    wanted = samples + warmup
+    started = next_at = time.monotonic()
+    sent = 0
+    try:
+        while any(site.count() < wanted for site in sites.values()):
+            if time.monotonic() - started > load.max_duration_s:
+                counts = {name: max(0, site.count() - warmup) for name, site in sites.items()}
+                raise ProfileError(f"background load: after {load.max_duration_s:g}s only {counts} samples of "
+                                   f"{samples} per site; raise the rate or route more frames to the short site "
+                                   f"(--load-policy)")
+            next_at += rng.expovariate(load.fps)
+            time.sleep(max(0.0, next_at - time.monotonic()))
+            payload = payloads[sent % len(payloads)]
+            obs = Observation(now=time.monotonic(), camera="profile-load", frame_id=sent, frame_bytes=len(payload),
+                              deadline_s=None, edge=sites["edge"].observed(), cloud=sites["cloud"].observed())
+            sites["cloud" if policy.estimate_to_cloud(obs) else "edge"].submit(payload)
+            sent += 1
+    finally:
+        for site in sites.values():
+            site.stop(timeout_s=30.0)
+    duration_s = time.monotonic() - started
+    failed = sum(site.failed for site in sites.values())
+    if failed > sent // 2:
+        raise ProfileError(f"background load: {failed} of {sent} requests failed (see the log)")
+    return LoadedMeasurement(load, tuple(sites["edge"].samples[warmup:]), tuple(sites["cloud"].samples[warmup:]),
+                             statistics.median(s.queue_ms for s in edge.plain), sent, failed, duration_s)
+
+
 def measure(edge_url: str, cloud_url: str, frames: int = 40, source: str | None = "sample", max_side: int = 640,
-            quality: int = 80, pad_bytes: int = 150_000) -> Profile:
-    """Profile both sites and the WAN between them with `frames` frames each (plus warm-up)."""
+            quality: int = 80, pad_bytes: int = 150_000, load: BackgroundLoad | None = None) -> Profile:
+    """Profile both sites and the WAN between them with `frames` frames each (plus warm-up);
+    with `load`, the service times again under that background load (`frames` per site)."""
     if frames < 3:
         raise ValueError(f"--frames must be >= 3 for usable medians, got {frames}")
     if pad_bytes < 1000:
@@ -270,11 +476,15 @@ def measure(edge_url: str, cloud_url: str, frames: int = 40, source: str | None 
     prepared = prepare_frames(open_source(source), frames, max_side, quality)
     edge = measure_site(edge_url, prepared.payloads, pad_bytes)
     cloud = measure_site(cloud_url, prepared.payloads, pad_bytes)
+    wan = estimate_wan(edge, cloud, pad_bytes)
+    loaded = None if load is None else measure_loaded(edge, cloud, wan, prepared.payloads, load, frames)
+    method = ("sequential POST /infer at low load" if loaded is None else
+              f"WAN sequentially; service times under {load.fps:g} fps open-loop background load")
     meta = {"frames": frames, "max_side": max_side, "quality": quality, "source": source or "sample",
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "method": "sequential POST /infer at low load; see edgeoffload/profile.py"}
-    return Profile(edge, cloud, estimate_wan(edge, cloud, pad_bytes), tuple(len(p) for p in prepared.payloads),
-                   prepared.preprocess_ms, pad_bytes, meta)
+            "method": f"{method}; see edgeoffload/profile.py"}
+    return Profile(edge, cloud, wan, tuple(len(p) for p in prepared.payloads),
+                   prepared.preprocess_ms, pad_bytes, meta, loaded)
 
 
 # --- command line -------------------------------------------------------------------------
@@ -288,18 +498,30 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quality", type=int, default=80, help="as the preprocessor's PRE_JPEG_QUALITY")
     parser.add_argument("--pad-kb", type=float, default=150.0,
                         help="extra bytes (KB) of the second frame size used to measure bandwidth")
+    parser.add_argument("--load-fps", type=float, default=None,
+                        help="also measure service times while offering this many frames/s open-loop "
+                             "(the experiment's rate), so CPU contention is in them; default: sequential only")
+    parser.add_argument("--load-policy", default=BackgroundLoad.policy,
+                        help="policy routing the background frames "
+                             "(default queue-threshold:1: cloud when the edge is busy)")
+    parser.add_argument("--concurrency", type=int, default=BackgroundLoad.concurrency,
+                        help="background requests in flight per site (default 2, as the preprocessor)")
+    parser.add_argument("--load-seed", type=int, default=0, help="seed of the background arrivals")
     parser.add_argument("-o", "--output", required=True, help="profile JSON to write")
 
 
 def run(args: argparse.Namespace) -> int:
     from edgeoffload.load.summary import text_table
 
+    load = None if args.load_fps is None else BackgroundLoad(args.load_fps, args.load_policy, args.concurrency,
+                                                             args.load_seed)
     profile = measure(args.edge, args.cloud, frames=args.frames, source=args.source, max_side=args.max_side,
-                      quality=args.quality, pad_bytes=int(args.pad_kb * 1000))
+                      quality=args.quality, pad_bytes=int(args.pad_kb * 1000), load=load)
     path = profile.write(args.output)
     print(text_table(profile.rows(), f"profile written to {path}"))
     return 0
 
 
-__all__ = ["Profile", "ProfileError", "RequestSample", "SiteMeasurement", "WanEstimate", "estimate_wan", "measure",
-           "measure_site", "pad_jpeg", "prepare_frames", "register", "run", "timed_infer"]
+__all__ = ["BackgroundLoad", "LoadedMeasurement", "Profile", "ProfileError", "RequestSample", "SiteMeasurement",
+           "WanEstimate", "estimate_wan", "idle_state", "measure", "measure_loaded", "measure_site", "pad_jpeg",
+           "prepare_frames", "register", "run", "timed_infer"]

@@ -2,7 +2,9 @@
 
     1. bring the local testbed up (edgeoffload.local) with the given detectors, WAN and HPA;
     2. profile it with `edgeoffload profile` through the same relays the preprocessor uses,
-       and time a replica's cold start;
+       under open-loop background load at the trace's offered rate (BEFORE the replay, with
+       other arrivals: fitting on the evaluated run's own records would be circular), and time
+       a replica's cold start;
     3. replay the trace open-loop (edgeoffload.load.replay, in a process of its own), sampling
        the replica counts;
     4. simulate the same trace (trace-driven cameras with the bytes the preprocessor really
@@ -25,7 +27,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,7 +36,7 @@ from edgeoffload.analysis import (Deviation, ReplicaPoint, RunMetrics, after_war
 from edgeoffload.load.sample_video import CyclicFrames, open_source
 from edgeoffload.load.trace import Trace, TraceSpec, generate, with_frame_sizes, write_trace
 from edgeoffload.local import SiteOptions, Testbed, TestbedOptions, hpa_for
-from edgeoffload.profile import Profile, measure
+from edgeoffload.profile import BackgroundLoad, Profile, measure
 from edgeoffload.records import FrameRecord, read_records
 from edgeoffload.relay import LinkProfile
 from edgeoffload.serve import start_unit
@@ -59,7 +61,9 @@ MODEL_DIFFERENCES: tuple[str, ...] = (
     "the HPA's Pods metric is averaged over 5 scrapes per sync on the testbed, read once per sync "
     "in the simulator",
     "every testbed process shares this machine's CPUs, so service times under load are longer than the "
-    "sequential profile (and a second replica adds no cores); the simulator's pods are independent",
+    "sequential profile (and a second replica adds no cores); the profile is measured under background load "
+    "at the offered rate to include that, but the simulator draws each pod's service times independently, "
+    "so it cannot express that a frame is slower exactly when the other site is busy",
 )
 
 
@@ -76,6 +80,8 @@ class ValidationSetup:
     autoscale: bool = True
     sync_period_s: float = 5.0
     profile_frames: int = 30
+    profile_under_load: bool = True        # service times under the trace's offered rate (else sequential)
+    calibration_replay: bool = True        # service times from a held-out replay (same spec, another seed)
     warmup_s: float = 5.0
     sim_seeds: int = 5
     sample_interval_s: float = 0.5
@@ -109,6 +115,14 @@ class ValidationResult:
     @property
     def target_met(self) -> bool:
         return all(d.within for d in self.deviations if d.metric in ("p50_ms", "p95_ms", "cloud_share"))
+
+
+def profile_load(setup: ValidationSetup, trace: Trace) -> BackgroundLoad | None:
+    """The background load the profile is measured under: the trace's mean offered rate over all
+    cameras (an input of the experiment), with Poisson arrivals of its own (another seed)."""
+    if not setup.profile_under_load or setup.trace.duration_s <= 0 or len(trace) == 0:
+        return None
+    return BackgroundLoad(fps=len(trace) / setup.trace.duration_s, seed=setup.trace.seed + 1000)
 
 
 # --- the sizes the simulator must see --------------------------------------------------------
@@ -253,11 +267,10 @@ def simulate(setup: ValidationSetup, trace_csv: Path, profile_json: Path, cold_s
     return summaries, records
 
 
-def in_run_profile(records: list[FrameRecord], profile: Profile) -> dict[str, Any]:
-    """A profile whose service times are those the testbed showed DURING the replay (model time
-    plus the HTTP path, per answered frame), with the measured WAN. Simulating with it separates
-    the queueing/policy model from the profile: if this matches and the profiled run does not,
-    the gap is the difference between sequential profiling and service under concurrent load."""
+def profile_from_records(records: list[FrameRecord], profile: Profile, method: str) -> dict[str, Any]:
+    """A profile whose service times are those the testbed showed in a replay (model time plus the
+    HTTP path, per answered frame), with the measured WAN. Used on a held-out calibration replay
+    (`calibrate`) and, as a diagnosis only, on the evaluated replay itself (`in_run_profile`)."""
     data = profile.to_dict()
     edge = [r for r in records if r.site == "edge" and r.status == "ok"]
     cloud = [r for r in records if r.site == "cloud" and r.status == "ok"]
@@ -268,8 +281,37 @@ def in_run_profile(records: list[FrameRecord], profile: Profile) -> dict[str, An
         path_ms = profile.edge.overhead_median_ms()
     if cloud:
         data["cloud"]["service_ms"] = [round(r.t_inference_ms + path_ms, 3) for r in cloud]
-    data["meta"] = {**data["meta"], "method": "service times of the replay's own answered frames"}
+    data["meta"] = {**data["meta"], "method": method}
     return data
+
+
+def in_run_profile(records: list[FrameRecord], profile: Profile) -> dict[str, Any]:
+    """The evaluated replay's own service times. Simulating with it separates the queueing/policy
+    model from the service-time input; it is fitted on the evaluated run, so it is a diagnosis
+    only, never the calibration."""
+    return profile_from_records(records, profile, "service times of the replay's own answered frames")
+
+
+def calibration_trace(setup: ValidationSetup) -> TraceSpec:
+    """The calibration workload: the experiment's trace spec with arrivals of another seed, so the
+    evaluated trace is never seen while fitting."""
+    return replace(setup.trace, seed=setup.trace.seed + 2000)
+
+
+def calibrate(setup: ValidationSetup, testbed: "Testbed", frames: CyclicFrames, profile: Profile, out: Path,
+              progress: Callable[[str], None]) -> Path:
+    """Replay a held-out trace through the whole testbed and take the simulator's service times from
+    its answered frames. Unlike a profile of the inference units alone, this load includes every
+    process's CPU contention at the experiment's rate, bursts included."""
+    trace = sent_sizes(generate(calibration_trace(setup)), frames, setup.max_side)
+    trace_csv = write_trace(trace, out / "calibration_trace.csv")
+    progress(f"calibration: replaying a held-out trace of {len(trace)} frames (seed {calibration_trace(setup).seed})")
+    replay_process(trace_csv, testbed, out / "calibration_records.csv", setup.drain_timeout_s, trace.duration_s)
+    records = after_warmup(list(read_records(out / "calibration_records.csv")), setup.warmup_s)
+    calibrated = profile_from_records(records, profile, "service times of a held-out calibration replay")
+    path = out / "profile_calibrated.json"
+    path.write_text(json.dumps(calibrated, indent=1) + "\n", encoding="utf-8")
+    return path
 
 
 # --- the whole pipeline --------------------------------------------------------------------
@@ -287,17 +329,23 @@ def run_validation(setup: ValidationSetup, out_dir: str | Path,
         with Testbed(local_options(setup, Path(workdir))) as testbed:
             progress("timing a replica cold start")
             cold_start_s = time_cold_start(testbed)
-            progress("profiling the inference units and the WAN")
+            load = profile_load(setup, trace)
+            progress("profiling the inference units and the WAN"
+                     + ("" if load is None else f", service times under {load.fps:.2f} fps background load"))
             profile = measure(testbed.relays["edge"].url, testbed.relays["cloud"].url, frames=setup.profile_frames,
-                              max_side=setup.max_side)
+                              max_side=setup.max_side, load=load)
             profile_json = profile.write(out / "profile.json")
+            progress("ready replicas after profiling: " + ", ".join(f"{site} {pool.size}"
+                                                                    for site, pool in testbed.pools.items()))
+            if setup.calibration_replay:
+                profile_json = calibrate(setup, testbed, frames, profile, out, progress)
             progress(f"replaying {len(trace)} frames over {trace.duration_s:.0f}s")
             with ReplicaSampler(testbed, setup.sample_interval_s) as sampler:
                 result = replay_process(trace_csv, testbed, out / "real_records.csv", setup.drain_timeout_s,
                                         trace.duration_s)
             progress("profiling again, to see whether the machine changed during the replay")
             profile_after = measure(testbed.relays["edge"].url, testbed.relays["cloud"].url,
-                                    frames=setup.profile_frames, max_side=setup.max_side)
+                                    frames=setup.profile_frames, max_side=setup.max_side, load=load)
             profile_after.write(out / "profile_after.json")
     all_real = list(read_records(out / "real_records.csv"))
     origin = min((r.captured_at for r in all_real), default=time.time())
@@ -354,4 +402,5 @@ def with_offset(records: list[FrameRecord], offset_ms: float) -> list[FrameRecor
 
 
 __all__ = ["MODEL_DIFFERENCES", "ReplayOutcome", "ReplicaSampler", "ValidationResult", "ValidationSetup", "breakdown",
-           "in_run_profile", "run_validation", "sent_sizes", "simulate", "simulated_scenario", "time_cold_start", "with_offset"]
+           "in_run_profile", "profile_load", "run_validation", "sent_sizes", "simulate", "simulated_scenario",
+           "time_cold_start", "with_offset"]

@@ -2,7 +2,8 @@
 
     python experiments/sim_vs_real.py [--duration 60] [--out experiments/results/sim_vs_real]
 
-Brings the local testbed up, profiles it (`edgeoffload profile`), replays a seeded Poisson
+Brings the local testbed up, profiles it (`edgeoffload profile`, service times under background
+load at the trace's offered rate, before the replay), replays a seeded Poisson
 trace open-loop, simulates the same trace with the fitted profile, and writes tables,
 plots and summary.json to the results folder. Takes about 2-3 minutes; run it on a quiet
 machine (`uptime`): every testbed process shares the CPUs with whatever else runs.
@@ -50,7 +51,7 @@ def write_results(result: ValidationResult, out: Path, wall_s: float) -> str:
     in_run_dev = [_shown(d) for d in result.in_run_deviations]
     sections += ["## Diagnosis: simulator with the service times the testbed showed during the replay",
                  write_table(out / "deviations_in_run_service.csv", in_run_dev, DEVIATION_COLUMNS)]
-    sections += ["## Service time: sequential profile vs during the replay (medians, ms)",
+    sections += ["## Service time: profile (sequential and under load) vs during the replay (medians, ms)",
                  write_table(out / "service_times.csv", service_rows(result), SERVICE_COLUMNS)]
 
     parts = breakdown(result.real_records, "testbed") + breakdown(result.sim_records, "simulator")
@@ -124,8 +125,16 @@ def service_rows(result: ValidationResult) -> list[dict]:
             plain = getattr(profile, site).plain
             path = profile.edge.overhead_median_ms()
             model = median([s.inference_ms for s in plain])
-            rows.append({"site": site, "source": source, "frames": len(plain), "model_ms": model,
+            rows.append({"site": site, "source": f"{source}, sequential", "frames": len(plain), "model_ms": model,
                          "path_ms": path, "service_ms": None if model is None else model + path})
+            loaded = profile.loaded
+            if loaded is not None:
+                samples = getattr(loaded, site)
+                edge_path = median([loaded.path_ms(s, loaded.idle_edge_queue_ms) for s in loaded.edge])
+                service = loaded.edge_service_ms() if site == "edge" else loaded.cloud_service_ms()
+                rows.append({"site": site, "source": f"{source}, under {loaded.load.fps:.2f} fps load",
+                             "frames": len(samples), "model_ms": median([s.inference_ms for s in samples]),
+                             "path_ms": edge_path, "service_ms": median(service)})
         answered = [r for r in result.real_records if r.site == site and r.status == "ok"]
         model = median([r.t_inference_ms for r in answered])
         path = median([r.t_network_ms for r in answered]) if site == "edge" else None
@@ -153,10 +162,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--policy", default=defaults.policy)
     parser.add_argument("--no-autoscale", action="store_true")
     parser.add_argument("--profile-frames", type=int, default=defaults.profile_frames)
+    parser.add_argument("--sequential-profile", action="store_true",
+                        help="profile one request at a time on an idle testbed (the first calibration)")
+    parser.add_argument("--no-calibration-replay", action="store_true",
+                        help="take service times from the unit profile instead of a held-out calibration replay")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     setup = dataclasses.replace(defaults, policy=args.policy, autoscale=not args.no_autoscale,
-                                profile_frames=args.profile_frames,
+                                profile_frames=args.profile_frames, profile_under_load=not args.sequential_profile,
+                                calibration_replay=not args.no_calibration_replay,
                                 trace=TraceSpec(kind="poisson", cameras=args.cameras, rate=args.rate,
                                                 duration_s=args.duration, seed=args.seed))
     began = time.monotonic()

@@ -12,7 +12,8 @@ import pytest
 
 from edgeoffload import profile as profile_cmd
 from edgeoffload.load.sample_video import SampleVideoSpec, sample_jpegs, sample_source
-from edgeoffload.profile import ProfileError, measure, pad_jpeg, prepare_frames, timed_infer
+from edgeoffload.profile import (BackgroundLoad, LoadedMeasurement, ProfileError, RequestSample, measure, pad_jpeg,
+                                 prepare_frames, timed_infer)
 from edgeoffload.offload import new_session
 from edgeoffload.relay import LinkProfile, TcpRelay
 from edgeoffload.serve import UnitProcess, free_port, start_unit
@@ -115,3 +116,63 @@ def test_unreachable_or_misused_unit_is_a_clear_error(sites: tuple[str, str]) ->
         session.close()
     with pytest.raises(ValueError, match="frames"):
         measure(sites[0], sites[1], frames=2)
+
+
+def test_loaded_path_takes_the_wait_for_a_model_out_of_the_service_time() -> None:
+    idle_queue_ms = 0.5                                   # decoding, nothing waits
+    waited = RequestSample(bytes=1000, round_trip_ms=130.0, inference_ms=60.0, queue_ms=40.5)
+    fast = RequestSample(bytes=1000, round_trip_ms=50.0, inference_ms=42.0, queue_ms=0.3)
+    assert LoadedMeasurement.path_ms(waited, idle_queue_ms) == pytest.approx(30.0)   # 130 - 60 - 40
+    assert LoadedMeasurement.path_ms(fast, idle_queue_ms) == pytest.approx(8.0)      # a faster decode is no wait
+    cloud = RequestSample(bytes=1000, round_trip_ms=200.0, inference_ms=70.0, queue_ms=0.4)
+    loaded = LoadedMeasurement(BackgroundLoad(5.0), (waited, fast), (cloud,), idle_queue_ms, 3, 0, 1.0)
+    assert loaded.edge_service_ms() == pytest.approx([90.0, 50.0])
+    # The cloud runs the same software: its model time plus the edge's median path, not the WAN.
+    assert loaded.cloud_service_ms() == pytest.approx([70.0 + 19.0])
+    with pytest.raises(ValueError, match="fps"):
+        BackgroundLoad(0.0)
+    with pytest.raises(ValueError, match="concurrency"):
+        BackgroundLoad(5.0, concurrency=0)
+
+
+def test_profile_under_background_load(sites: tuple[str, str], tmp_path: Path) -> None:
+    edge_url, cloud_url = sites
+    load = BackgroundLoad(fps=12.0, concurrency=2, seed=4)
+    measured = measure(edge_url, cloud_url, frames=4, max_side=240, pad_bytes=60_000, load=load)
+    loaded = measured.loaded
+    # Arrivals continue until the slower-filling site has its samples; every frame sent is answered and kept.
+    assert loaded is not None and len(loaded.edge) >= 4 and len(loaded.cloud) >= 4 and loaded.failed == 0
+    assert loaded.sent == len(loaded.edge) + len(loaded.cloud) + 2 * 2          # + warm-up per site
+    # The simulator gets the loaded samples; the sequential ones stay for reference.
+    assert measured.edge_service_ms() == loaded.edge_service_ms()
+    assert measured.cloud_service_ms() == loaded.cloud_service_ms()
+    for sample, service in zip(loaded.edge, loaded.edge_service_ms()):
+        assert sample.inference_ms < service <= sample.round_trip_ms + 1e-9
+    written = json.loads(measured.write(tmp_path / "loaded.json").read_text())
+    assert written["edge"]["service_ms"] == [round(v, 3) for v in loaded.edge_service_ms()]
+    assert written["cloud"]["idle_service_ms"] == [round(v, 3) for v in measured.idle_cloud_service_ms()]
+    assert len(written["cloud"]["loaded"]["inference_ms"]) == len(loaded.cloud)
+    assert written["meta"]["load"]["fps"] == 12.0 and written["meta"]["load"]["policy"] == "queue-threshold:1"
+    assert any(name.startswith("loaded cloud") for name, _ in measured.rows())
+
+
+def test_background_load_that_starves_a_site_is_a_clear_error(sites: tuple[str, str]) -> None:
+    with pytest.raises(ProfileError, match="only .* samples"):
+        measure(sites[0], sites[1], frames=3, max_side=160, pad_bytes=20_000,
+                load=BackgroundLoad(fps=10.0, policy="edge-only", max_duration_s=1.0))
+
+
+def test_profile_command_with_load(sites: tuple[str, str], tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    profile_cmd.register(parser)
+    out = tmp_path / "cli-loaded.json"
+    args = parser.parse_args(["--edge", sites[0], "--cloud", sites[1], "--frames", "3", "--max-side", "160",
+                              "--pad-kb", "40", "--load-fps", "10", "--load-policy", "alternate", "--concurrency", "1",
+                              "-o", str(out)])
+    assert profile_cmd.run(args) == 0
+    written = json.loads(out.read_text())
+    assert written["meta"]["load"]["policy"] == "alternate" and written["meta"]["load"]["concurrency"] == 1
+    # "alternate" routes every other background frame to the cloud.
+    samples = written["meta"]["load"]["samples"]
+    assert min(samples.values()) >= 3 and abs(samples["edge"] - samples["cloud"]) <= 1
+    assert len(written["edge"]["service_ms"]) == samples["edge"] and len(written["edge"]["idle_service_ms"]) == 3

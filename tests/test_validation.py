@@ -12,8 +12,9 @@ from edgeoffload.broker import find_mosquitto
 from edgeoffload.load.sample_video import sample_source
 from edgeoffload.load.trace import TraceSpec, generate, write_trace
 from edgeoffload.local import SiteOptions, hpa_for
-from edgeoffload.validation import (PREPROCESSOR_QUEUE, ValidationSetup, breakdown, run_validation, sent_sizes,
-                                    simulated_scenario, local_options, with_offset)
+from edgeoffload.records import read_records
+from edgeoffload.validation import (PREPROCESSOR_QUEUE, ValidationSetup, breakdown, profile_load, run_validation,
+                                    sent_sizes, simulated_scenario, local_options, with_offset)
 
 
 def test_sent_sizes_are_what_the_preprocessor_sends() -> None:
@@ -49,6 +50,15 @@ def test_simulated_scenario_mirrors_the_testbed(tmp_path: Path) -> None:
     assert static.edge.hpa is None and static.cloud.hpa is None
 
 
+def test_profile_load_is_the_traces_offered_rate_with_other_arrivals() -> None:
+    spec = TraceSpec("poisson", cameras=2, rate=2.5, duration_s=60.0, seed=7)
+    trace = generate(spec)
+    load = profile_load(ValidationSetup(trace=spec), trace)
+    assert load is not None and load.fps == pytest.approx(len(trace) / 60.0)
+    assert load.fps == pytest.approx(5.0, rel=0.2) and load.seed != spec.seed
+    assert profile_load(ValidationSetup(trace=spec, profile_under_load=False), trace) is None
+
+
 def test_offset_adds_latency_and_rejudges_deadlines() -> None:
     from edgeoffload.records import FrameRecord
 
@@ -62,7 +72,7 @@ def test_offset_adds_latency_and_rejudges_deadlines() -> None:
 def test_pipeline_replays_profiles_and_simulates_the_same_trace(tmp_path: Path) -> None:
     if find_mosquitto() is None:
         pytest.fail("mosquitto is not installed: run `make system-deps`")
-    spec = TraceSpec(kind="poisson", cameras=2, rate=1.0, duration_s=8.0, seed=3)
+    spec = TraceSpec(kind="poisson", cameras=2, rate=2.0, duration_s=8.0, seed=3)
     setup = ValidationSetup(trace=spec, policy="alternate", autoscale=False, profile_frames=3, warmup_s=1.0,
                             sim_seeds=2, max_side=240, drain_timeout_s=30.0)
     result = run_validation(setup, tmp_path)
@@ -91,6 +101,17 @@ def test_pipeline_replays_profiles_and_simulates_the_same_trace(tmp_path: Path) 
     assert result.sim_timeline and all(p.edge == p.cloud == 1 for p in result.sim_timeline)
     assert 0.1 < result.cold_start_s < 60
     profile = json.loads((tmp_path / "profile.json").read_text())
-    assert len(profile["edge"]["service_ms"]) == 3 and profile["meta"]["max_side"] == 240
+    assert profile["meta"]["max_side"] == 240 and len(profile["edge"]["idle_service_ms"]) == 3
+    # Fitted under background load at the trace's offered rate, before the replay.
+    assert profile["meta"]["load"]["fps"] == pytest.approx(len(trace_rows) / spec.duration_s)
+    assert len(profile["edge"]["service_ms"]) >= 3 and len(profile["cloud"]["service_ms"]) >= 3
+    assert result.profile.loaded is not None and result.profile_after.loaded is not None
+    # The simulator's service times come from a held-out calibration replay: same spec, other arrivals.
+    calibration_rows = list(csv.DictReader((tmp_path / "calibration_trace.csv").open()))
+    assert [(r["time_s"], r["camera"]) for r in calibration_rows] != [(r["time_s"], r["camera"]) for r in trace_rows]
+    calibrated = json.loads((tmp_path / "profile_calibrated.json").read_text())
+    calibration_ok = [r for r in read_records(tmp_path / "calibration_records.csv") if r.status == "ok"]
+    assert calibrated["meta"]["method"] == "service times of a held-out calibration replay"
+    assert 0 < len(calibrated["edge"]["service_ms"]) <= len(calibration_ok)
     parts = {(row["site"]): row for row in breakdown(result.real_records, "testbed")}
     assert parts["cloud"]["mean_network_ms"] > parts["edge"]["mean_network_ms"]   # the WAN is on the cloud path
