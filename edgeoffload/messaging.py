@@ -21,7 +21,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Self, Sequence
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -161,7 +161,31 @@ class PublisherStats:
     buffered: int = 0
 
 
-class Publisher:
+class _Endpoint:
+    """What Publisher and Subscriber share: one paho client, its connection state, start()."""
+
+    settings: MQTTSettings
+    _client: mqtt.Client
+    _connection: _Connection
+    _started: bool = False
+
+    def start(self) -> Self:
+        """Connect in the background (idempotent); returns self for chaining."""
+        if not self._started:
+            _start(self._client, self.settings)
+            self._started = True
+        return self
+
+    @property
+    def connected(self) -> bool:
+        return self._connection.connected.is_set()
+
+    @property
+    def last_error(self) -> str:
+        return self._connection.last_error
+
+
+class Publisher(_Endpoint):
     """QoS 1 publisher of FrameRecords and retained unit status, with a bounded outgoing buffer.
 
     While the broker is away paho keeps QoS 1 messages (up to `max_buffered`) and re-sends
@@ -190,22 +214,8 @@ class Publisher:
         self._started = False
 
     # -- lifecycle -------------------------------------------------------------------------
-    def start(self) -> "Publisher":
-        if not self._started:
-            _start(self._client, self.settings)
-            self._started = True
-        return self
-
     def wait_connected(self, timeout: float) -> bool:
         return self._connection.connected.wait(timeout)
-
-    @property
-    def connected(self) -> bool:
-        return self._connection.connected.is_set()
-
-    @property
-    def last_error(self) -> str:
-        return self._connection.last_error
 
     def close(self, flush_timeout: float = 5.0, offline_status: dict[str, Any] | None = None) -> bool:
         """Flush, announce `offline` (retained) and disconnect; False if records were still pending."""
@@ -309,7 +319,7 @@ class SubscriberStats:
     refused_subscriptions: list[str] = field(default_factory=list)
 
 
-class Subscriber:
+class Subscriber(_Endpoint):
     """Receives FrameRecords (results topics) and status objects (status topics).
 
     Subscriptions are (re)made in on_connect, so they survive reconnects; a payload that is
@@ -340,23 +350,9 @@ class Subscriber:
         self._client.on_message = self._handle_message
         self._started = False
 
-    def start(self) -> "Subscriber":
-        if not self._started:
-            _start(self._client, self.settings)
-            self._started = True
-        return self
-
     def wait_subscribed(self, timeout: float) -> bool:
         """True once the broker acknowledged the subscriptions of the current connection."""
         return self._subscribed.wait(timeout)
-
-    @property
-    def connected(self) -> bool:
-        return self._connection.connected.is_set()
-
-    @property
-    def last_error(self) -> str:
-        return self._connection.last_error
 
     def stats(self) -> SubscriberStats:
         with self._lock:
