@@ -195,7 +195,8 @@ class FaultLog:
 
 
 def kill_broker(testbed: Testbed, faults: FaultLog) -> None:
-    """SIGKILL Mosquitto (no clean disconnects, no persistence) and start it again on its port."""
+    """SIGKILL Mosquitto (no clean disconnects; its database is as of its last autosave) and start it
+    again on its port: the publishers re-send what it acknowledged since (messaging.py)."""
     assert testbed.broker is not None
     faults.note("broker killed")
     started = time.monotonic()

@@ -182,7 +182,9 @@ class Testbed:
         progress("starting broker")
         # Mosquitto started as root drops to user `mosquitto`, which cannot traverse private
         # (0700) parents such as pytest's or mkdtemp's: the broker gets a top-level temp dir.
-        self.broker = start_broker(opts.broker_port or None, opts.host, persistence=False)
+        # Persistence as in EdgeBrokerProvider (autosave every 5 s): a killed broker comes back
+        # with its subscribers' sessions, and the publishers re-send what it had not saved.
+        self.broker = start_broker(opts.broker_port or None, opts.host)
         self._write_pid_file()
         progress("starting edge and cloud inference replicas")
         site_options = {"edge": opts.edge, "cloud": opts.cloud}

@@ -8,6 +8,12 @@ ones while the broker is away) nor drops what a subscriber missed while disconne
 broker keeps its queue). QoS 1 is at-least-once: a message whose acknowledgement was lost
 in a restart arrives twice, so the Subscriber drops repeats of a (camera, frame_id,
 captured_at) it saw recently (an idempotent consumer) and counts them.
+
+A broker that is killed (SIGKILL, OOM, node loss) loses what it acknowledged but had neither
+delivered nor saved: Mosquitto writes its database only every `autosave_interval` (5 s). So the
+Publisher keeps every record the broker acknowledged in the last `resend_window_s` (10 s, twice
+the autosave interval) and sends those again after a lost connection; everything older is in the
+broker's saved database if it was still undelivered. Subscribers drop the repeats.
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ import secrets
 import socket
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Self, Sequence
 
@@ -34,6 +40,9 @@ log = logging.getLogger(__name__)
 
 _UNSAFE_TOPIC_CHARS = re.compile(r"[+#/\x00-\x1f\x7f]")
 MAX_TOPIC_LEVEL = 128
+# Records a Subscriber remembers to drop repeats, and so the most a Publisher re-sends after a
+# lost connection: a re-sent record must still be remembered when it arrives again.
+DEDUPE_WINDOW = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +61,7 @@ class MQTTSettings:
     qos: int = 1
     session_expiry_s: int = 3600   # how long the broker keeps our session while we are away
     max_buffered: int = 10000      # outgoing messages held (in flight + waiting) before refusing
+    resend_window_s: float = 10.0  # records acked this long before a lost connection are sent again
     reconnect_min_s: float = 0.1
     reconnect_max_s: float = 5.0
 
@@ -62,6 +72,8 @@ class MQTTSettings:
             raise ValueError(f"MQTT port must be 1..65535, got {self.port}")
         if self.max_buffered < 1:
             raise ValueError("MQTT max_buffered must be at least 1")
+        if not 0 <= self.resend_window_s <= 3600:
+            raise ValueError(f"MQTT resend_window_s must be 0..3600, got {self.resend_window_s}")
 
 
 def sanitise_topic_level(name: str) -> str:
@@ -159,6 +171,7 @@ class PublisherStats:
     denied: int = 0      # acknowledged with a failure reason (e.g. not authorised by the ACL)
     dropped: int = 0     # refused because the outgoing buffer was full
     buffered: int = 0
+    resent: int = 0      # acknowledged records sent again after a lost connection
 
 
 class _Endpoint:
@@ -191,6 +204,8 @@ class Publisher(_Endpoint):
     While the broker is away paho keeps QoS 1 messages (up to `max_buffered`) and re-sends
     them with the unacknowledged ones once it reconnects, so a restart loses nothing;
     past the bound, publish() refuses and counts the drop instead of growing without limit.
+    Records the broker acknowledged shortly before the connection was lost are sent again
+    (see the module docstring): a crashed broker may have lost them after acknowledging.
     """
 
     def __init__(self, settings: MQTTSettings, unit: str = "preprocessor",
@@ -204,6 +219,9 @@ class Publisher(_Endpoint):
         self._lock = threading.Condition()
         self._pending: set[int] = set()
         self._acked_early: set[int] = set()
+        self._unacked_records: dict[int, tuple[str, bytes]] = {}       # mid -> (topic, payload)
+        self._acked_records: deque[tuple[float, str, bytes]] = deque()  # (acked at, topic, payload)
+        self._lost_at: float | None = None   # when the connection was lost, until the next connect
         self._stats = PublisherStats()
         self._client = _new_client(settings, unit)
         self._client.on_connect = self._on_connect
@@ -225,6 +243,8 @@ class Publisher(_Endpoint):
             self.publish_status({"state": "offline", **offline_status})
         flushed = self.flush(flush_timeout)
         _disconnect(self._client, self.settings)
+        with self._lock:
+            self._lost_at = None   # closing on purpose: nothing to send again on a later start()
         self._started = False
         return flushed
 
@@ -237,15 +257,18 @@ class Publisher(_Endpoint):
     # -- publishing ------------------------------------------------------------------------
     def publish_record(self, record: FrameRecord) -> bool:
         """Queue one record for `edgeoffload/results/<camera>`; False when the buffer is full."""
-        return self.publish(topic_for(record.camera), record.to_json())
+        return self.publish(topic_for(record.camera), record.to_json(), resendable=True)
 
     def publish_status(self, status: dict[str, Any]) -> bool:
         """Replace this unit's retained status message."""
         payload = json.dumps({"unit": self.unit, "time": time.time(), **status}, separators=(",", ":"))
         return self.publish(status_topic(self.unit), payload, retain=True)
 
-    def publish(self, topic: str, payload: str | bytes, retain: bool = False) -> bool:
-        info = self._client.publish(topic, payload, qos=self.settings.qos, retain=retain)
+    def publish(self, topic: str, payload: str | bytes, retain: bool = False, resendable: bool = False) -> bool:
+        """Queue one message; `resendable` ones are kept after their acknowledgement for
+        `resend_window_s`, to be sent again if the connection is lost (see the module docstring)."""
+        body = payload.encode() if isinstance(payload, str) else payload
+        info = self._client.publish(topic, body, qos=self.settings.qos, retain=retain)
         with self._lock:
             if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
                 self._stats.dropped += 1
@@ -255,12 +278,42 @@ class Publisher(_Endpoint):
             self._stats.published += 1
             if self.settings.qos == 0:
                 return info.rc == mqtt.MQTT_ERR_SUCCESS
+            keep = resendable and self.settings.resend_window_s > 0
             # NO_CONN is fine for QoS > 0: paho keeps the message and sends it on reconnect.
             if info.mid in self._acked_early:
                 self._acked_early.discard(info.mid)
+                if keep:
+                    self._keep_acked(topic, body)
             else:
                 self._pending.add(info.mid)
+                if keep:
+                    self._unacked_records[info.mid] = (topic, body)
             return True
+
+    def _keep_acked(self, topic: str, payload: bytes) -> None:
+        """Remember an acknowledged record for the resend window (caller holds the lock)."""
+        now = time.monotonic()
+        kept = self._acked_records
+        kept.append((now, topic, payload))
+        horizon = now - self.settings.resend_window_s
+        while kept and (kept[0][0] < horizon or len(kept) > DEDUPE_WINDOW):
+            kept.popleft()
+
+    def _resend_recent(self) -> None:
+        """After a lost connection, send again what the broker acknowledged in the window before it."""
+        with self._lock:
+            lost_at, self._lost_at = self._lost_at, None
+            if lost_at is None:
+                return
+            horizon = lost_at - self.settings.resend_window_s
+            again = [(topic, payload) for acked_at, topic, payload in self._acked_records if acked_at >= horizon]
+            self._acked_records.clear()   # each one is kept again when its new copy is acknowledged
+            self._stats.resent += len(again)
+        if again:
+            log.warning("MQTT publisher %s: re-sending %d record(s) the broker acknowledged in the %.0f s "
+                        "before the connection was lost", self.unit, len(again), self.settings.resend_window_s)
+        for topic, payload in again:
+            self.publish(topic, payload, resendable=True)
 
     def flush(self, timeout: float) -> bool:
         """Wait until every QoS 1 publish so far is acknowledged; False on timeout."""
@@ -276,7 +329,7 @@ class Publisher(_Endpoint):
     def stats(self) -> PublisherStats:
         with self._lock:
             return PublisherStats(self._stats.published, self._stats.acked, self._stats.denied,
-                                  self._stats.dropped, len(self._pending))
+                                  self._stats.dropped, len(self._pending), self._stats.resent)
 
     # -- paho callbacks (network thread) ---------------------------------------------------
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
@@ -285,8 +338,12 @@ class Publisher(_Endpoint):
                      self.settings.host, self.settings.port, flags.session_present)
             if self._online_status is not None:
                 self.publish_status({"state": "online", **self._online_status})
+            self._resend_recent()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if self._connection.connected.is_set():
+            with self._lock:
+                self._lost_at = time.monotonic()
         self._connection.on_disconnect(reason_code)
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
@@ -297,6 +354,9 @@ class Publisher(_Endpoint):
                 log.warning("MQTT broker refused message %d: %s", mid, reason_code)
             else:
                 self._stats.acked += 1
+            kept = self._unacked_records.pop(mid, None)
+            if kept is not None and not reason_code.is_failure:
+                self._keep_acked(*kept)
             if mid in self._pending:
                 self._pending.discard(mid)
                 if not self._pending:
@@ -331,7 +391,7 @@ class Subscriber(_Endpoint):
     def __init__(self, settings: MQTTSettings, topics: Sequence[str] = (f"{RESULTS_TOPIC}/#",),
                  on_record: RecordCallback | None = None, on_status: StatusCallback | None = None,
                  on_malformed: MalformedCallback | None = None, role: str = "subscriber",
-                 dedupe_window: int = 4096) -> None:  # redeliveries come within seconds of a reconnect
+                 dedupe_window: int = DEDUPE_WINDOW) -> None:  # repeats come within seconds of a reconnect
         self.settings = settings
         self.topics = list(topics)
         self._on_record = on_record

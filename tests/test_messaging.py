@@ -26,6 +26,15 @@ def settings_for(broker: BrokerProcess, role: str | None, **overrides: object) -
                         reconnect_min_s=0.1, reconnect_max_s=0.5, **overrides)  # type: ignore[arg-type]
 
 
+def poll(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def record(frame_id: int, camera: str = "cam1") -> FrameRecord:
     return FrameRecord(camera=camera, frame_id=frame_id, captured_at=time.time(), site="edge", status="ok",
                        policy="test", t_total_ms=12.5)
@@ -79,6 +88,8 @@ def test_settings_validate() -> None:
         MQTTSettings(qos=3)
     with pytest.raises(ValueError):
         MQTTSettings(port=0)
+    with pytest.raises(ValueError):
+        MQTTSettings(resend_window_s=-1)
 
 
 def test_records_and_retained_status_reach_webserver(broker: BrokerProcess) -> None:
@@ -194,7 +205,51 @@ def test_broker_restart_mid_run_loses_no_record(fresh_broker: BrokerProcess) -> 
     assert sorted(seen) == list(range(total))
     assert max(seen.values()) == 1, {k: v for k, v in seen.items() if v > 1}
     assert sub_stats.received == total + sub_stats.duplicates
-    assert stats.acked == total and stats.dropped == 0
+    assert stats.acked == total + stats.resent and stats.dropped == 0  # a restart is a lost connection: records re-sent
+
+
+def _kill_broker_with_records_queued(broker: BrokerProcess, subscriber_id: str, batches: list[range],
+                                     pause_s: float, **publisher_settings: object) -> tuple[Collector, int]:
+    """Records queued in the broker's memory for an absent subscriber when the broker is SIGKILLed
+    (before its next autosave): only the publisher's resend brings them back. Returns what the
+    subscriber then receives and how many records the publisher sent again."""
+    sub_settings = settings_for(broker, "webserver", client_id=subscriber_id)
+    with Subscriber(sub_settings) as sub:
+        assert sub.wait_subscribed(WAIT)
+    broker.restart()   # graceful: the away subscriber's session is saved to disk, as autosave would
+    with Publisher(settings_for(broker, "preprocessor", **publisher_settings)) as pub:
+        assert pub.wait_connected(WAIT)
+        for index, batch in enumerate(batches):
+            if index:
+                time.sleep(pause_s)
+            for i in batch:
+                assert pub.publish_record(record(i))
+            assert pub.flush(WAIT)   # acknowledged: the broker holds them in memory only
+        assert pub.stats().resent == 0
+        broker.restart(kill=True)
+        assert poll(lambda: pub.connected and pub.stats().resent > 0), "nothing was sent again"
+        assert pub.flush(WAIT)
+        resent = pub.stats().resent
+    sink = Collector()
+    with sink.subscriber(sub_settings) as sub:
+        assert sub.wait_subscribed(WAIT)
+        sink.wait_for(lambda s: len(s.records) >= sum(len(b) for b in batches), timeout=3.0)
+    return sink, resent
+
+
+def test_broker_sigkill_loses_no_acknowledged_record(fresh_broker: BrokerProcess) -> None:
+    sink, resent = _kill_broker_with_records_queued(fresh_broker, "test-kill-webserver", [range(300)], 0.0,
+                                                    resend_window_s=10.0)
+    assert resent == 300
+    assert sorted(r.frame_id for r in sink.records) == list(range(300))
+
+
+def test_only_records_acknowledged_within_the_window_are_sent_again(fresh_broker: BrokerProcess) -> None:
+    sink, resent = _kill_broker_with_records_queued(fresh_broker, "test-window-webserver",
+                                                    [range(0, 50), range(50, 80)], 1.2, resend_window_s=0.6)
+    assert resent == 30   # the older 50 were not (they were in memory only and died with the broker)
+    received = {r.frame_id for r in sink.records}
+    assert set(range(50, 80)) <= received <= set(range(80))
 
 
 def test_subscriber_drops_qos1_redeliveries_but_not_new_captures(broker: BrokerProcess) -> None:

@@ -92,6 +92,7 @@ class PreprocessorConfig:
     mqtt_keyfile: str | None = None
     mqtt_client_id: str = ""
     mqtt_max_buffered: int = 10000
+    mqtt_resend_window_s: float = 10.0       # >= 2x the broker's autosave_interval (5 s)
     flush_timeout_s: float = 10.0            # at shutdown, wait this long for broker acks
 
     def __post_init__(self) -> None:
@@ -105,6 +106,8 @@ class PreprocessorConfig:
                      "wait_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()}: must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.mqtt_resend_window_s <= 3600:
+            raise ConfigError(f"{ENV_PREFIX}MQTT_RESEND_WINDOW_S: must be 0..3600, got {self.mqtt_resend_window_s}")
         if self.deadline_ms is not None and not self.deadline_ms > 0:
             raise ConfigError(f"{ENV_PREFIX}DEADLINE_MS: must be > 0 (or none), got {self.deadline_ms}")
         if self.input_size is not None and (len(self.input_size) != 2 or min(self.input_size) < 16):
@@ -127,7 +130,7 @@ class PreprocessorConfig:
         return MQTTSettings(host=self.mqtt_host, port=self.mqtt_port, username=self.mqtt_username or None,
                             password=self.mqtt_password, cafile=self.mqtt_cafile, certfile=self.mqtt_certfile,
                             keyfile=self.mqtt_keyfile, client_id=self.mqtt_client_id,
-                            max_buffered=self.mqtt_max_buffered)
+                            max_buffered=self.mqtt_max_buffered, resend_window_s=self.mqtt_resend_window_s)
 
 
 @dataclass(frozen=True, slots=True)

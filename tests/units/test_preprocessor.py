@@ -133,16 +133,17 @@ def test_config_from_environment() -> None:
     config = load_config(PreprocessorConfig, "PRE_", env={
         "PRE_POLICY": "queue-threshold:3", "PRE_DEADLINE_MS": "none", "PRE_INPUT_SIZE": "416x416",
         "PRE_SOURCES": "cam1=video.mp4,cam2=frames/,cam3=0,cam4=rtsp://example/stream", "PRE_SOURCE_LOOP": "yes",
-        "PRE_MQTT_PORT": "8883", "PRE_MQTT_CAFILE": "/etc/ca.pem"})
+        "PRE_MQTT_PORT": "8883", "PRE_MQTT_CAFILE": "/etc/ca.pem", "PRE_MQTT_RESEND_WINDOW_S": "30"})
     assert config.policy == "queue-threshold:3" and config.deadline_ms is None
     assert config.input_size == (416, 416) and config.source_loop is True
     settings = config.mqtt_settings()
     assert settings.port == 8883 and settings.cafile == "/etc/ca.pem" and settings.username == "preprocessor"
+    assert settings.resend_window_s == 30
     edge, cloud = config.site_configs()
     assert cloud.rtt_s == pytest.approx(0.04) and cloud.uplink_bps == pytest.approx(20e6) and cloud.estimate_uplink
     assert edge.rtt_s == 0 and not edge.estimate_uplink
     for bad in ({"PRE_JPEG_QUALITY": "0"}, {"PRE_SOURCES": "bad/cam=video.mp4"}, {"PRE_QUEUE_SIZE": "0"},
-                {"PRE_INPUT_SIZE": "8x8"}):
+                {"PRE_INPUT_SIZE": "8x8"}, {"PRE_MQTT_RESEND_WINDOW_S": "-1"}):
         with pytest.raises(ConfigError):
             load_config(PreprocessorConfig, "PRE_", env=bad)
 
@@ -387,16 +388,30 @@ def test_frames_past_their_deadline_are_dropped_when_configured(running, records
     assert len(expired) >= 3 and all(r.status == "dropped" and r.deadline_met is False for r in expired)
 
 
-def test_broker_restart_mid_run_loses_no_record(fresh_broker: BrokerProcess, sites, astronaut_jpeg: bytes) -> None:
+def wait_for_autosave(broker: BrokerProcess, since: float, timeout: float = 15.0) -> None:
+    """Until Mosquitto has saved its database (every autosave_interval, 5 s) after `since`."""
+    database = broker.workdir / "data" / "mosquitto.db"
+    deadline = time.monotonic() + timeout
+    while not (database.exists() and database.stat().st_mtime > since):
+        assert time.monotonic() < deadline, "the broker never saved its database"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("kill", [False, True], ids=["SIGTERM", "SIGKILL"])
+def test_broker_restart_mid_run_loses_no_record(fresh_broker: BrokerProcess, sites, astronaut_jpeg: bytes,
+                                                kill: bool) -> None:
     edge, cloud = sites
-    sink = Records(fresh_broker, client_id="restart-webserver")
+    subscribed_at = time.time()
+    sink = Records(fresh_broker, client_id=f"restart-webserver-{kill}")
     unit = Running(pre_config(fresh_broker, edge.url, cloud.url, policy="alternate", queue_size=64))
     try:
+        if kill:  # a killed broker keeps only what it had saved: the sink's session must be in it
+            wait_for_autosave(fresh_broker, subscribed_at + 0.5)
         sent = 24
         for i in range(sent):
             assert unit.post("restart", astronaut_jpeg).status_code == 202
             if i == sent // 2:
-                fresh_broker.restart()
+                fresh_broker.restart(kill=kill)
             time.sleep(0.03)
         assert unit.service.offloader.wait_idle(WAIT)
         assert unit.service.publisher.flush(WAIT)
