@@ -28,7 +28,7 @@ from edgeoffload.sim.distributions import stream
 from edgeoffload.sim.fastinit import direct_constructor
 from edgeoffload.sim.network import WanLink
 from edgeoffload.estimate import SiteEstimator
-from edgeoffload.sim.pools import Frame, Pool, make_pool
+from edgeoffload.sim.pools import Frame, Pool, SharedCpu, make_pool
 from edgeoffload.sim.scenario import CameraGroup, Scenario, load_scenario
 from edgeoffload.sim.stats import SiteAccumulator, SiteSummary, Summary, TimelinePoint
 
@@ -106,10 +106,15 @@ class Simulation:
         self._heap: list = []
         self._seq = itertools.count()
         seed = scenario.seed
+        shared = scenario.shared_cpu
+        self.shared_cpu = None if shared is None else SharedCpu(shared.cores, self._heap, self._seq)
+        on_machine = {name: self.shared_cpu for name in (shared.pools if shared else ())}
         self.edge = make_pool(scenario.edge, self._heap, self._seq,
-                              scenario.edge.service_ms.sampler(stream(seed, "edge/service")), self._edge_done)
+                              scenario.edge.service_ms.sampler(stream(seed, "edge/service")), self._edge_done,
+                              on_machine.get("edge"))
         self.cloud = make_pool(scenario.cloud, self._heap, self._seq,
-                               scenario.cloud.service_ms.sampler(stream(seed, "cloud/service")), self._cloud_done)
+                               scenario.cloud.service_ms.sampler(stream(seed, "cloud/service")), self._cloud_done,
+                               on_machine.get("cloud"))
         self._cold_start = {pool.spec.name: pool.spec.cold_start_s.sampler(stream(seed, f"{pool.spec.name}/cold-start"))
                             for pool in (self.edge, self.cloud)}
         self.link = WanLink(scenario.wan)

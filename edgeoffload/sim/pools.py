@@ -7,6 +7,10 @@ the simulation's event heap. This is an exact FIFO multi-server model, an order 
 magnitude cheaper than a simpy Resource per request, and it stays exact when pods come
 and go: a new pod takes waiting work the moment it is ready, a terminating pod stops
 receiving work and finishes what it already holds (graceful shutdown).
+
+Pools whose pods share one machine (scenario key `shared_cpu`) hand their services to a
+SharedCpu instead: egalitarian processor sharing, so a frame is slow exactly while the other
+pools on that machine are busy too. Pools without it keep the plain path, untouched.
 """
 from __future__ import annotations
 
@@ -77,11 +81,90 @@ class Pod:
         return max(0.0, end - self.created)
 
 
+class SharedCpu:
+    """One machine whose cores the busy workers of several pools share (egalitarian processor sharing).
+
+    A frame's service draw is its work at full speed. A busy worker demands its pool's
+    `cpu_per_worker` cores; while the total demand D of all busy workers exceeds `cores`,
+    every one of them progresses at speed cores/D, otherwise at full speed.
+
+    Since all running frames progress at the same speed, the machine keeps one virtual clock
+    (work done per running frame since the start) and a heap of the virtual times at which each
+    frame's work is done: the next completion is always the heap's minimum, and the event heap
+    holds a single entry for this machine. A start or completion changes the speed, so it
+    advances the virtual clock, and re-schedules that entry; superseded entries carry an old
+    generation number and are ignored when they come up.
+
+    Busy-time accounting (the HPA's CPU metric, energy) stays per busy worker, as without
+    sharing: a worker slowed by sharing counts as fully busy for its whole, longer service, so
+    the pools' busy worker-seconds may exceed what the machine's cores could deliver.
+    """
+
+    def __init__(self, cores: float, heap: Schedule, sequence: Iterator[int]) -> None:
+        if not cores > 0:
+            raise ValueError(f"cores must be > 0, got {cores!r}")
+        self.cores = cores
+        self._heap = heap
+        self._seq = sequence
+        self._running: list[tuple[float, int, Frame, float, Callable[[Frame], None]]] = []
+        self._order = itertools.count()   # FIFO among frames finishing at the same virtual time
+        self._demand_by_worker: dict[float, int] = {}   # cpu_per_worker -> busy workers with it
+        self._virtual = 0.0               # work (s at full speed) each running frame has done since t=0
+        self._mark = 0.0                  # when _virtual was last brought up to date
+        self._speed = 1.0
+        self._generation = 0              # only the newest completion entry is live
+        self._due = 0.0
+
+    @property
+    def speed(self) -> float:
+        """Current progress rate of every running frame (1 = full speed)."""
+        return self._speed
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    def start(self, frame: Frame, work_s: float, cpu_per_worker: float, now: float,
+              on_finish: Callable[[Frame], None]) -> None:
+        """Run `work_s` seconds of full-speed work for `frame`; when it is done, `frame.service`
+        is set to the elapsed time and `on_finish(frame)` is called."""
+        self._advance(now)
+        heapq.heappush(self._running, (self._virtual + work_s, next(self._order), frame, cpu_per_worker, on_finish))
+        self._demand_by_worker[cpu_per_worker] = self._demand_by_worker.get(cpu_per_worker, 0) + 1
+        self._reschedule(now)
+
+    def _advance(self, now: float) -> None:
+        if now > self._mark:
+            self._virtual += (now - self._mark) * self._speed
+            self._mark = now
+
+    def _reschedule(self, now: float) -> None:
+        demand = sum(per_worker * busy for per_worker, busy in self._demand_by_worker.items())
+        self._speed = self.cores / demand if demand > self.cores else 1.0
+        self._generation += 1
+        if self._running:
+            left = max(0.0, self._running[0][0] - self._virtual)
+            self._due = now + left / self._speed
+            heapq.heappush(self._heap, (self._due, next(self._seq), self._finish_next, self._generation))
+
+    def _finish_next(self, generation: int) -> None:
+        if generation != self._generation:
+            return                        # superseded by a later start or completion
+        now = self._due
+        self._advance(now)
+        done_at, _, frame, per_worker, on_finish = heapq.heappop(self._running)
+        self._virtual = max(self._virtual, done_at)   # no rounding drift between completions
+        self._demand_by_worker[per_worker] -= 1
+        self._reschedule(now)
+        frame.service = now - frame.started
+        on_finish(frame)
+
+
 class Pool:
     """Common lifecycle and accounting; subclasses decide where an arriving frame waits."""
 
     def __init__(self, spec: PoolSpec, heap: Schedule, sequence: Iterator[int], service_ms: Sampler,
-                 on_done: Callable[[Frame, float], None]) -> None:
+                 on_done: Callable[[Frame, float], None], shared_cpu: SharedCpu | None = None) -> None:
         self.spec = spec
         self.pods: list[Pod] = []        # every pod ever created (for pod-seconds)
         self.endpoints: list[Pod] = []   # ready and not terminating: the Service's endpoints
@@ -91,6 +174,9 @@ class Pool:
         self._on_done = on_done
         self._pid = itertools.count()
         self.peak_replicas = 0
+        self.shared_cpu = shared_cpu
+        if shared_cpu is not None:   # chosen once here so the plain path pays nothing per frame
+            self._start = self._start_on_shared_cpu  # type: ignore[method-assign]
 
     # -- lifecycle
     @property
@@ -144,6 +230,14 @@ class Pool:
         service = self._service_ms() / 1000.0
         frame.pod, frame.started, frame.service = pod, now, service
         heapq.heappush(self._heap, (now + service, next(self._seq), self._complete, frame))
+
+    def _start_on_shared_cpu(self, pod: Pod, frame: Frame, now: float) -> None:
+        """_start for pods on a SharedCpu: the draw is the work, the machine decides the end."""
+        pod.idle -= 1
+        pod._change_busy(now, 1)
+        frame.pod, frame.started = pod, now
+        assert self.shared_cpu is not None
+        self.shared_cpu.start(frame, self._service_ms() / 1000.0, self.spec.cpu_per_worker, now, self._complete)
 
     def _complete(self, frame: Frame) -> None:
         raise NotImplementedError
@@ -274,9 +368,10 @@ class SharedQueuePool(Pool):
 
 
 def make_pool(spec: PoolSpec, heap: Schedule, sequence: Iterator[int], service_ms: Sampler,
-              on_done: Callable[[Frame, float], None]) -> Pool:
+              on_done: Callable[[Frame, float], None], shared_cpu: SharedCpu | None = None) -> Pool:
+    """The pool `spec` describes; with `shared_cpu` its pods compute on that machine."""
     cls = SharedQueuePool if spec.queue == "shared" else PerPodPool
-    return cls(spec, heap, sequence, service_ms, on_done)
+    return cls(spec, heap, sequence, service_ms, on_done, shared_cpu)
 
 
-__all__ = ["Frame", "PerPodPool", "Pod", "Pool", "SharedQueuePool", "make_pool"]
+__all__ = ["Frame", "PerPodPool", "Pod", "Pool", "SharedCpu", "SharedQueuePool", "make_pool"]

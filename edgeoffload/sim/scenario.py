@@ -7,6 +7,8 @@ Top-level keys (see experiments/scenarios/baseline.yaml for a commented example)
   edge, cloud: {replicas, workers, queue, queue_capacity, service_ms, cold_start_s, hpa,
                 cpu_request, cpu_per_worker, price_per_pod_hour, power_w: {idle, busy}, model}
   observer: {ewma_alpha, probe_interval_s}
+  shared_cpu: {cores, pools}   optional: the listed pools (default edge and cloud) run on one
+                               machine and share `cores` cores (processor sharing, see pools.SharedCpu)
 """
 from __future__ import annotations
 
@@ -80,6 +82,18 @@ class ObserverSpec:
     probe_interval_s: float = DEFAULT_PROBE_INTERVAL_S   # ready probes of each site
 
 
+SHARED_CPU_POOLS = ("edge", "cloud")
+
+
+@dataclass(frozen=True, slots=True)
+class SharedCpuSpec:
+    """The listed pools' pods run on one machine with `cores` cores for inference, so a frame
+    computes more slowly while workers of the other pools compute too (as on the local testbed)."""
+
+    cores: float
+    pools: tuple[str, ...] = SHARED_CPU_POOLS
+
+
 @dataclass(frozen=True, slots=True)
 class Scenario:
     name: str
@@ -92,6 +106,7 @@ class Scenario:
     warmup_s: float = 0.0                  # frames captured earlier are simulated but not counted
     seed: int = 0
     timeline_interval_s: float = 15.0
+    shared_cpu: SharedCpuSpec | None = None
 
     def with_seed(self, seed: int) -> "Scenario":
         return dataclasses.replace(self, seed=seed)
@@ -180,7 +195,7 @@ def load_scenario(source: str | Path | Mapping[str, Any], base_dir: Path | None 
 
 def parse_scenario(raw: Any, base_dir: Path) -> Scenario:
     top = _Fields(raw, "", {"name", "duration_s", "warmup_s", "seed", "timeline_interval_s", "cameras",
-                            "wan", "edge", "cloud", "observer"})
+                            "wan", "edge", "cloud", "observer", "shared_cpu"})
     cameras_raw = raw.get("cameras")
     if not isinstance(cameras_raw, list) or not cameras_raw:
         raise ScenarioError("cameras", "must be a non-empty list of camera groups")
@@ -200,7 +215,8 @@ def parse_scenario(raw: Any, base_dir: Path) -> Scenario:
         cameras=cameras, wan=_wan(raw.get("wan") or {}, base_dir),
         edge=_pool(raw.get("edge"), "edge", base_dir), cloud=_pool(raw.get("cloud"), "cloud", base_dir),
         observer=ObserverSpec(ewma_alpha=observer.number("ewma_alpha", DEFAULT_ALPHA, gt=0, le=1),
-                              probe_interval_s=observer.number("probe_interval_s", DEFAULT_PROBE_INTERVAL_S, gt=0)))
+                              probe_interval_s=observer.number("probe_interval_s", DEFAULT_PROBE_INTERVAL_S, gt=0)),
+        shared_cpu=_shared_cpu(raw.get("shared_cpu")))
 
 
 def _camera(raw: Any, path: str, base_dir: Path) -> CameraGroup:
@@ -306,6 +322,23 @@ def _pool(raw: Any, name: str, base_dir: Path) -> PoolSpec:
         idle_w=idle_w, busy_w=power.number("busy", idle_w, ge=idle_w), model=fields.text("model", ""))
 
 
+def _shared_cpu(raw: Any) -> SharedCpuSpec | None:
+    """`shared_cpu: {cores, pools}`; absent means every pool computes on machines of its own."""
+    if raw is None:
+        return None
+    fields = _Fields(raw, "shared_cpu", {"cores", "pools"})
+    cores = fields.number("cores", gt=0)
+    listed = raw.get("pools", list(SHARED_CPU_POOLS))
+    if not isinstance(listed, list) or not listed:
+        raise ScenarioError("shared_cpu.pools", f"must be a non-empty list of {' and/or '.join(SHARED_CPU_POOLS)}")
+    for index, name in enumerate(listed):
+        if name not in SHARED_CPU_POOLS:
+            raise ScenarioError(f"shared_cpu.pools[{index}]", f"must be edge or cloud, got {name!r}")
+        if name in listed[:index]:
+            raise ScenarioError(f"shared_cpu.pools[{index}]", f"{name!r} is listed twice")
+    return SharedCpuSpec(cores=cores, pools=tuple(listed))
+
+
 def _hpa(raw: Any, path: str, base_dir: Path) -> HPASpec | None:
     """`hpa:` is either {manifest: FILE, name: NAME, sync_period_s} (an autoscaling/v2 file such
     as autoscale.yml) or inline HPA spec fields (minReplicas, maxReplicas, metrics, behavior)."""
@@ -335,5 +368,5 @@ def _hpa(raw: Any, path: str, base_dir: Path) -> HPASpec | None:
     return spec
 
 
-__all__ = ["CameraGroup", "ObserverSpec", "PoolSpec", "Scenario", "ScenarioError", "WanSpec",
+__all__ = ["CameraGroup", "ObserverSpec", "PoolSpec", "Scenario", "ScenarioError", "SharedCpuSpec", "WanSpec",
            "load_scenario", "parse_scenario"]

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from edgeoffload.sim import ScenarioError, load_scenario
+from edgeoffload.sim.scenario import SharedCpuSpec
 
 from conftest import SCENARIOS, merged
 
@@ -33,10 +34,26 @@ from conftest import SCENARIOS, merged
     ({"wan": {"bandwidth_mbps": 0}}, r"^wan\.bandwidth_mbps: must be > 0"),
     ({"wan": {"trace": "missing.csv"}}, r"^wan\.trace: cannot read"),
     ({"observer": {"ewma_alpha": 2}}, r"^observer\.ewma_alpha: must be <= 1"),
+    ({"shared_cpu": 1.4}, r"^shared_cpu: must be a mapping"),
+    ({"shared_cpu": {"pools": ["edge"]}}, r"^shared_cpu\.cores: is required"),
+    ({"shared_cpu": {"cores": 0}}, r"^shared_cpu\.cores: must be > 0"),
+    ({"shared_cpu": {"cores": 1, "nodes": 2}}, r"^shared_cpu\.nodes: unknown key"),
+    ({"shared_cpu": {"cores": 1, "pools": []}}, r"^shared_cpu\.pools: must be a non-empty list"),
+    ({"shared_cpu": {"cores": 1, "pools": "edge"}}, r"^shared_cpu\.pools: must be a non-empty list"),
+    ({"shared_cpu": {"cores": 1, "pools": ["edge", "fog"]}}, r"^shared_cpu\.pools\[1\]: must be edge or cloud, got 'fog'"),
+    ({"shared_cpu": {"cores": 1, "pools": ["cloud", "cloud"]}}, r"^shared_cpu\.pools\[1\]: 'cloud' is listed twice"),
 ])
 def test_errors_name_the_field(raw_small, changes, message) -> None:
     with pytest.raises(ScenarioError, match=message):
         load_scenario(merged(raw_small, changes))
+
+
+def test_shared_cpu_is_optional_and_defaults_to_both_pools(raw_small) -> None:
+    assert load_scenario(raw_small).shared_cpu is None
+    both = load_scenario(merged(raw_small, {"shared_cpu": {"cores": 1.4}})).shared_cpu
+    assert both == SharedCpuSpec(cores=1.4, pools=("edge", "cloud"))
+    cloud = load_scenario(merged(raw_small, {"shared_cpu": {"cores": 2, "pools": ["cloud"]}})).shared_cpu
+    assert cloud == SharedCpuSpec(cores=2.0, pools=("cloud",))
 
 
 def test_missing_pool_and_bad_trace_rows(raw_small, tmp_path: Path) -> None:
