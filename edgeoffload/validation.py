@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from edgeoffload import contention
 from edgeoffload.analysis import (Deviation, ReplicaPoint, RunMetrics, after_warmup, compare, from_records, from_runs,
                                   pod_seconds, timeline_from_summary)
 from edgeoffload.load.sample_video import CyclicFrames, open_source
@@ -61,9 +62,9 @@ MODEL_DIFFERENCES: tuple[str, ...] = (
     "the HPA's Pods metric is averaged over 5 scrapes per sync on the testbed, read once per sync "
     "in the simulator",
     "every testbed process shares this machine's CPUs, so service times under load are longer than the "
-    "sequential profile (and a second replica adds no cores); the profile is measured under background load "
-    "at the offered rate to include that, but the simulator draws each pod's service times independently, "
-    "so it cannot express that a frame is slower exactly when the other site is busy",
+    "sequential profile (and a second replica adds no cores); the simulator models the two sites slowing "
+    "each other (shared_cpu, processor sharing, speed measured on the calibration replay) but not the other "
+    "processes (preprocessor, relays, broker, web server, load generator), whose load is only in the samples",
 )
 
 
@@ -82,6 +83,7 @@ class ValidationSetup:
     profile_frames: int = 30
     profile_under_load: bool = True        # service times under the trace's offered rate (else sequential)
     calibration_replay: bool = True        # service times from a held-out replay (same spec, another seed)
+    shared_cpu: bool = True                # model the two sites slowing each other on this machine (contention.py)
     warmup_s: float = 5.0
     sim_seeds: int = 5
     sample_interval_s: float = 0.5
@@ -107,6 +109,7 @@ class ValidationResult:
     in_run_deviations: list[Deviation] = field(default_factory=list)
     in_run_records: list[FrameRecord] = field(default_factory=list)   # after warm-up, every seed
     profile_after: Profile | None = None       # the same measurement right after the replay (drift check)
+    shared_cpu: dict[str, Any] | None = None   # the contention the simulator modelled (profile's shared_cpu)
 
     @property
     def sim_records(self) -> list[FrameRecord]:
@@ -246,6 +249,9 @@ def simulated_scenario(setup: ValidationSetup, trace_csv: Path, profile_json: Pa
            "cameras": [{"name": "trace", "trace": str(trace_csv.resolve()), "deadline_ms": PREPROCESSOR_DEADLINE_MS}],
            "wan": {"profile": str(profile_json.resolve())},
            "edge": pool("edge", setup.edge), "cloud": pool("cloud", setup.cloud)}
+    shared = json.loads(profile_json.read_text(encoding="utf-8")).get("shared_cpu")
+    if shared:   # the profile's service times are then work as if alone (profile_from_records)
+        raw["shared_cpu"] = {"cores": shared["cores"], "pools": ["edge", "cloud"]}
     scenario = load_scenario(raw, base_dir=trace_csv.parent)
     if setup.autoscale:
         options = local_options(setup, trace_csv.parent)
@@ -267,29 +273,43 @@ def simulate(setup: ValidationSetup, trace_csv: Path, profile_json: Path, cold_s
     return summaries, records
 
 
-def profile_from_records(records: list[FrameRecord], profile: Profile, method: str) -> dict[str, Any]:
+def profile_from_records(records: list[FrameRecord], profile: Profile, method: str,
+                         shared_cpu: bool = True) -> dict[str, Any]:
     """A profile whose service times are those the testbed showed in a replay (model time plus the
     HTTP path, per answered frame), with the measured WAN. Used on a held-out calibration replay
-    (`calibrate`) and, as a diagnosis only, on the evaluated replay itself (`in_run_profile`)."""
+    (`calibrate`) and, as a diagnosis only, on the evaluated replay itself (`in_run_profile`).
+
+    With `shared_cpu`, the replay also gives how much the two sites slowed each other
+    (`contention.estimate`): each sample becomes the frame's work as if computed alone, and
+    `shared_cpu.cores` tells the simulator to slow frames down when both sites compute."""
     data = profile.to_dict()
-    edge = [r for r in records if r.site == "edge" and r.status == "ok"]
-    cloud = [r for r in records if r.site == "cloud" and r.status == "ok"]
+    return_ms = statistics.median(profile.wan.rtt_ms) / 2 if profile.wan.rtt_ms else 0.0
+    measured = contention.estimate(records, return_ms) if shared_cpu else None
+    shares = contention.overlap_shares(records, return_ms)
+
+    def alone(ms: float, share: float) -> float:
+        return round(ms if measured is None else contention.work_ms(ms, share, measured.speed), 3)
+
+    edge = [(r, share) for r, share in zip(records, shares) if r.site == "edge" and r.status == "ok"]
+    cloud = [(r, share) for r, share in zip(records, shares) if r.site == "cloud" and r.status == "ok"]
     if edge:
-        data["edge"]["service_ms"] = [round(r.t_inference_ms + r.t_network_ms, 3) for r in edge]
-        path_ms = statistics.median(r.t_network_ms for r in edge)
+        data["edge"]["service_ms"] = [alone(r.t_inference_ms + r.t_network_ms, share) for r, share in edge]
+        path_ms = statistics.median(r.t_network_ms for r, _ in edge)
     else:
         path_ms = profile.edge.overhead_median_ms()
     if cloud:
-        data["cloud"]["service_ms"] = [round(r.t_inference_ms + path_ms, 3) for r in cloud]
+        data["cloud"]["service_ms"] = [alone(r.t_inference_ms + path_ms, share) for r, share in cloud]
     data["meta"] = {**data["meta"], "method": method}
+    if measured is not None:
+        data["shared_cpu"] = {"cores": round(measured.cores, 3), **dataclasses.asdict(measured)}
     return data
 
 
-def in_run_profile(records: list[FrameRecord], profile: Profile) -> dict[str, Any]:
+def in_run_profile(records: list[FrameRecord], profile: Profile, shared_cpu: bool = True) -> dict[str, Any]:
     """The evaluated replay's own service times. Simulating with it separates the queueing/policy
     model from the service-time input; it is fitted on the evaluated run, so it is a diagnosis
     only, never the calibration."""
-    return profile_from_records(records, profile, "service times of the replay's own answered frames")
+    return profile_from_records(records, profile, "service times of the replay's own answered frames", shared_cpu)
 
 
 def calibration_trace(setup: ValidationSetup) -> TraceSpec:
@@ -308,7 +328,8 @@ def calibrate(setup: ValidationSetup, testbed: "Testbed", frames: CyclicFrames, 
     progress(f"calibration: replaying a held-out trace of {len(trace)} frames (seed {calibration_trace(setup).seed})")
     replay_process(trace_csv, testbed, out / "calibration_records.csv", setup.drain_timeout_s, trace.duration_s)
     records = after_warmup(list(read_records(out / "calibration_records.csv")), setup.warmup_s)
-    calibrated = profile_from_records(records, profile, "service times of a held-out calibration replay")
+    calibrated = profile_from_records(records, profile, "service times of a held-out calibration replay",
+                                      setup.shared_cpu)
     path = out / "profile_calibrated.json"
     path.write_text(json.dumps(calibrated, indent=1) + "\n", encoding="utf-8")
     return path
@@ -360,7 +381,7 @@ def run_validation(setup: ValidationSetup, out_dir: str | Path,
     per_seed = [from_records(run, f"simulator seed {seed}") for seed, run in enumerate(sim_counted)]
     progress("simulating with the service times seen during the replay")
     in_run_json = out / "in_run_profile.json"
-    in_run_json.write_text(json.dumps(in_run_profile(real_records, profile), indent=1) + "\n", encoding="utf-8")
+    in_run_json.write_text(json.dumps(in_run_profile(real_records, profile, setup.shared_cpu), indent=1) + "\n", encoding="utf-8")
     in_run_dir = out / "in_run"
     in_run_dir.mkdir(exist_ok=True)
     _, in_run_runs = simulate(setup, trace_csv, in_run_json, cold_start_s, trace.duration_s + 1e-3, in_run_dir)
@@ -369,7 +390,8 @@ def run_validation(setup: ValidationSetup, out_dir: str | Path,
     return ValidationResult(setup, profile, cold_start_s, result, real, simulated, per_seed,
                             compare(real, simulated), real_timeline, sim_timeline,
                             real_records, sim_counted, summaries, in_run, compare(real, in_run),
-                            [record for run in in_run_counted for record in run], profile_after)
+                            [record for run in in_run_counted for record in run], profile_after,
+                            json.loads(profile_json.read_text(encoding="utf-8")).get("shared_cpu"))
 
 
 # --- where the time goes ---------------------------------------------------------------------

@@ -12,9 +12,11 @@ from edgeoffload.broker import find_mosquitto
 from edgeoffload.load.sample_video import sample_source
 from edgeoffload.load.trace import TraceSpec, generate, write_trace
 from edgeoffload.local import SiteOptions, hpa_for
+from edgeoffload.profile import Profile, RequestSample, SiteMeasurement, WanEstimate
 from edgeoffload.records import read_records
-from edgeoffload.validation import (PREPROCESSOR_QUEUE, ValidationSetup, breakdown, profile_load, run_validation,
-                                    sent_sizes, simulated_scenario, local_options, with_offset)
+from edgeoffload.validation import (PREPROCESSOR_QUEUE, ValidationSetup, breakdown, profile_from_records, profile_load,
+                                    run_validation, sent_sizes, simulated_scenario, local_options, with_offset)
+from test_contention import records_like_the_testbed
 
 
 def test_sent_sizes_are_what_the_preprocessor_sends() -> None:
@@ -48,6 +50,29 @@ def test_simulated_scenario_mirrors_the_testbed(tmp_path: Path) -> None:
     assert scenario.cloud.hpa == hpa_for(options, "cloud") and scenario.cloud.hpa.sync_period_s == 4.0
     static = simulated_scenario(ValidationSetup(autoscale=False), trace, tmp_path / "profile.json", 1.5, 10.0, 0)
     assert static.edge.hpa is None and static.cloud.hpa is None
+
+
+def test_calibrated_profile_holds_work_as_if_alone_and_the_shared_cpu(tmp_path: Path) -> None:
+    sample = RequestSample(bytes=15_000, round_trip_ms=45.0, inference_ms=38.0, queue_ms=1.0)
+    site = SiteMeasurement("http://unit", "haar-face", (sample,) * 3, (sample,) * 3)
+    profile = Profile(site, site, WanEstimate(2e7, (40.0, 40.0)), (15_000,), (1.0,), 150_000)
+    records = records_like_the_testbed(solo=8, overlapped=6, solo_ms=35.0, slow_ms=60.0)
+    plain = profile_from_records(records, profile, "test", shared_cpu=False)
+    assert "shared_cpu" not in plain and sorted(set(plain["edge"]["service_ms"])) == [35.0, 60.0]
+    shared = profile_from_records(records, profile, "test")
+    assert shared["shared_cpu"]["cores"] == pytest.approx(2 * 35 / 60, abs=1e-3)
+    assert shared["edge"]["service_ms"] == pytest.approx([35.0] * 14)      # every edge frame's work alone
+    # 70 ms of cloud model time, 60 of them while the edge computed: 10 + 60 * 35/60 ms alone
+    assert shared["cloud"]["service_ms"] == pytest.approx([45.0] * 6)
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(shared))
+    trace = write_trace(sent_sizes(generate(TraceSpec("periodic", 1, 2.0, 3.0)), sample_source(), 320),
+                        tmp_path / "trace.csv")
+    scenario = simulated_scenario(ValidationSetup(autoscale=False), trace, path, 1.0, 10.0, 0)
+    assert scenario.shared_cpu is not None and scenario.shared_cpu.cores == shared["shared_cpu"]["cores"]
+    assert scenario.shared_cpu.pools == ("edge", "cloud")
+    path.write_text(json.dumps(plain))
+    assert simulated_scenario(ValidationSetup(autoscale=False), trace, path, 1.0, 10.0, 0).shared_cpu is None
 
 
 def test_profile_load_is_the_traces_offered_rate_with_other_arrivals() -> None:
