@@ -31,6 +31,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+import requests
+
 from edgeoffload import contention
 from edgeoffload.analysis import (Deviation, ReplicaPoint, RunMetrics, after_warmup, compare, from_records, from_runs,
                                   pod_seconds, timeline_from_summary)
@@ -110,6 +112,7 @@ class ValidationResult:
     in_run_records: list[FrameRecord] = field(default_factory=list)   # after warm-up, every seed
     profile_after: Profile | None = None       # the same measurement right after the replay (drift check)
     shared_cpu: dict[str, Any] | None = None   # the contention the simulator modelled (profile's shared_cpu)
+    observer: dict[str, float] = field(default_factory=dict)   # the estimates the simulation started from
 
     @property
     def sim_records(self) -> list[FrameRecord]:
@@ -232,10 +235,32 @@ def local_options(setup: ValidationSetup, workdir: Path) -> TestbedOptions:
 
 # --- the simulator side --------------------------------------------------------------------
 
+def observer_from_state(state: dict[str, Any]) -> dict[str, float]:
+    """The simulator's starting estimates from the preprocessor's /api/state: the testbed carries
+    what it learned (e.g. in the calibration replay) into the replay, so the simulation starts
+    there too. The simulator's service time includes the HTTP path, which the testbed counts as
+    the edge's network time, so that is added to both sites' service estimates."""
+    edge, cloud = state["edge"], state["cloud"]
+    path_s = edge["rtt_s"]
+    observer = {"edge_service_ms": round(1000 * (edge["service_s"] + path_s), 3),
+                "cloud_service_ms": round(1000 * (cloud["service_s"] + path_s), 3),
+                "cloud_rtt_ms": round(1000 * cloud["rtt_s"], 3)}
+    if cloud.get("uplink_bps"):
+        observer["cloud_uplink_mbps"] = round(cloud["uplink_bps"] / 1e6, 3)
+    return observer
+
+
+def preprocessor_state(testbed: Testbed) -> dict[str, Any]:
+    response = requests.get(testbed.preprocessor_url + "/api/state", timeout=10)
+    response.raise_for_status()
+    return response.json()
+
+
 def simulated_scenario(setup: ValidationSetup, trace_csv: Path, profile_json: Path, cold_start_s: float,
-                       duration_s: float, seed: int) -> Any:
+                       duration_s: float, seed: int, observer: dict[str, float] | None = None) -> Any:
     """The testbed as a scenario: trace-driven cameras, profile-driven pools and WAN, the HPA
-    the local autoscaler runs (the very same HPASpec objects)."""
+    the local autoscaler runs (the very same HPASpec objects), and the preprocessor's estimates
+    at the start of the replay (`observer`, see observer_from_state) when given."""
     def pool(site: str, options: SiteOptions) -> dict[str, Any]:
         return {"replicas": max(1, options.replicas), "workers": max(1, options.instances), "queue": "per-pod",
                 # the preprocessor's queue plus the one request waiting at the unit behind the one in service
@@ -248,7 +273,7 @@ def simulated_scenario(setup: ValidationSetup, trace_csv: Path, profile_json: Pa
            "timeline_interval_s": setup.sample_interval_s,
            "cameras": [{"name": "trace", "trace": str(trace_csv.resolve()), "deadline_ms": PREPROCESSOR_DEADLINE_MS}],
            "wan": {"profile": str(profile_json.resolve())},
-           "edge": pool("edge", setup.edge), "cloud": pool("cloud", setup.cloud)}
+           "edge": pool("edge", setup.edge), "cloud": pool("cloud", setup.cloud), "observer": observer or {}}
     shared = json.loads(profile_json.read_text(encoding="utf-8")).get("shared_cpu")
     if shared:   # the profile's service times are then work as if alone (profile_from_records)
         raw["shared_cpu"] = {"cores": shared["cores"], "pools": ["edge", "cloud"]}
@@ -262,10 +287,10 @@ def simulated_scenario(setup: ValidationSetup, trace_csv: Path, profile_json: Pa
 
 
 def simulate(setup: ValidationSetup, trace_csv: Path, profile_json: Path, cold_start_s: float, duration_s: float,
-             records_dir: Path) -> tuple[list[Summary], list[list[FrameRecord]]]:
+             records_dir: Path, observer: dict[str, float] | None = None) -> tuple[list[Summary], list[list[FrameRecord]]]:
     summaries, records = [], []
     for seed in range(setup.sim_seeds):
-        scenario = simulated_scenario(setup, trace_csv, profile_json, cold_start_s, duration_s, seed)
+        scenario = simulated_scenario(setup, trace_csv, profile_json, cold_start_s, duration_s, seed, observer)
         path = records_dir / f"sim_records_seed{seed}.csv"
         result = run_scenario(scenario, setup.policy, out=path)
         summaries.append(result.summary)
@@ -360,6 +385,8 @@ def run_validation(setup: ValidationSetup, out_dir: str | Path,
                                                                     for site, pool in testbed.pools.items()))
             if setup.calibration_replay:
                 profile_json = calibrate(setup, testbed, frames, profile, out, progress)
+            observer = observer_from_state(preprocessor_state(testbed))
+            (out / "observer_start.json").write_text(json.dumps(observer, indent=1) + "\n", encoding="utf-8")
             progress(f"replaying {len(trace)} frames over {trace.duration_s:.0f}s")
             with ReplicaSampler(testbed, setup.sample_interval_s) as sampler:
                 result = replay_process(trace_csv, testbed, out / "real_records.csv", setup.drain_timeout_s,
@@ -371,7 +398,8 @@ def run_validation(setup: ValidationSetup, out_dir: str | Path,
     all_real = list(read_records(out / "real_records.csv"))
     origin = min((r.captured_at for r in all_real), default=time.time())
     progress(f"simulating {setup.sim_seeds} seed(s)")
-    summaries, sim_runs = simulate(setup, trace_csv, profile_json, cold_start_s, trace.duration_s + 1e-3, out)
+    summaries, sim_runs = simulate(setup, trace_csv, profile_json, cold_start_s, trace.duration_s + 1e-3, out,
+                                   observer)
     real_records = after_warmup(all_real, setup.warmup_s)
     real_timeline, sim_timeline = sampler.timeline(origin), timeline_from_summary(summaries[0])
     end = trace.duration_s
@@ -384,14 +412,15 @@ def run_validation(setup: ValidationSetup, out_dir: str | Path,
     in_run_json.write_text(json.dumps(in_run_profile(real_records, profile, setup.shared_cpu), indent=1) + "\n", encoding="utf-8")
     in_run_dir = out / "in_run"
     in_run_dir.mkdir(exist_ok=True)
-    _, in_run_runs = simulate(setup, trace_csv, in_run_json, cold_start_s, trace.duration_s + 1e-3, in_run_dir)
+    _, in_run_runs = simulate(setup, trace_csv, in_run_json, cold_start_s, trace.duration_s + 1e-3, in_run_dir,
+                              observer)
     in_run_counted = [after_warmup(run, setup.warmup_s) for run in in_run_runs]
     in_run = from_runs(in_run_counted, "simulator, in-run service times")
     return ValidationResult(setup, profile, cold_start_s, result, real, simulated, per_seed,
                             compare(real, simulated), real_timeline, sim_timeline,
                             real_records, sim_counted, summaries, in_run, compare(real, in_run),
                             [record for run in in_run_counted for record in run], profile_after,
-                            json.loads(profile_json.read_text(encoding="utf-8")).get("shared_cpu"))
+                            json.loads(profile_json.read_text(encoding="utf-8")).get("shared_cpu"), observer)
 
 
 # --- where the time goes ---------------------------------------------------------------------

@@ -94,6 +94,7 @@ def write_results(result: ValidationResult, out: Path, wall_s: float) -> str:
         "profile_after_replay": dict(result.profile_after.rows()) if result.profile_after else None,
         "cold_start_s": round(result.cold_start_s, 3),
         "shared_cpu": result.shared_cpu,
+        "observer_start": result.observer,
         "replay": {"complete": result.replay.complete, "report": result.replay.report.splitlines()},
         "model_differences": list(MODEL_DIFFERENCES),
         "load_average_at_end": os.getloadavg()[0],
@@ -103,7 +104,9 @@ def write_results(result: ValidationResult, out: Path, wall_s: float) -> str:
     verdict = "MET" if result.target_met else "NOT MET"
     header = (f"# Simulator vs testbed: target {verdict}\n\nprofile: "
               + "; ".join(f"{k} {v}" for k, v in profile.rows()) + f"; cold start {result.cold_start_s:.2f} s\n"
-              + shared_cpu_line(result.shared_cpu))
+              + shared_cpu_line(result.shared_cpu)
+              + "\nsimulation starts from the preprocessor's estimates at the start of the replay: "
+              + ", ".join(f"{k} {v:g}" for k, v in result.observer.items()) + "\n")
     report = header + "\n\n".join(sections) + "\n"
     (out / "report.md").write_text(report, encoding="utf-8")
     return report

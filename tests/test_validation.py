@@ -14,8 +14,9 @@ from edgeoffload.load.trace import TraceSpec, generate, write_trace
 from edgeoffload.local import SiteOptions, hpa_for
 from edgeoffload.profile import Profile, RequestSample, SiteMeasurement, WanEstimate
 from edgeoffload.records import read_records
-from edgeoffload.validation import (PREPROCESSOR_QUEUE, ValidationSetup, breakdown, profile_from_records, profile_load,
-                                    run_validation, sent_sizes, simulated_scenario, local_options, with_offset)
+from edgeoffload.validation import (PREPROCESSOR_QUEUE, ValidationSetup, breakdown, observer_from_state,
+                                    profile_from_records, profile_load, run_validation, sent_sizes, simulated_scenario,
+                                    local_options, with_offset)
 from test_contention import records_like_the_testbed
 
 
@@ -73,6 +74,25 @@ def test_calibrated_profile_holds_work_as_if_alone_and_the_shared_cpu(tmp_path: 
     assert scenario.shared_cpu.pools == ("edge", "cloud")
     path.write_text(json.dumps(plain))
     assert simulated_scenario(ValidationSetup(autoscale=False), trace, path, 1.0, 10.0, 0).shared_cpu is None
+
+
+def test_simulation_starts_from_the_preprocessors_estimates(tmp_path: Path) -> None:
+    state = {"policy": "min-latency",
+             "edge": {"in_flight": 0, "replicas": 1, "service_s": 0.039, "rtt_s": 0.005, "uplink_bps": None},
+             "cloud": {"in_flight": 0, "replicas": 1, "service_s": 0.060, "rtt_s": 0.043, "uplink_bps": 19.5e6}}
+    observer = observer_from_state(state)
+    # the simulator's service time includes the HTTP path, the testbed's edge network time
+    assert observer == {"edge_service_ms": 44.0, "cloud_service_ms": 65.0, "cloud_rtt_ms": 43.0,
+                        "cloud_uplink_mbps": 19.5}
+    assert "cloud_uplink_mbps" not in observer_from_state({**state, "cloud": {**state["cloud"], "uplink_bps": None}})
+    trace = write_trace(sent_sizes(generate(TraceSpec("periodic", 1, 2.0, 3.0)), sample_source(), 320),
+                        tmp_path / "trace.csv")
+    (tmp_path / "profile.json").write_text(json.dumps({"edge": {"service_ms": [40.0]}, "cloud": {"service_ms": [30.0]},
+                                                       "wan": {"rtt_ms": [41.0], "bandwidth_bps": 2e7}}))
+    scenario = simulated_scenario(ValidationSetup(autoscale=False), trace, tmp_path / "profile.json", 1.0, 10.0, 0,
+                                  observer)
+    assert (scenario.observer.edge_service_ms, scenario.observer.cloud_service_ms) == (44.0, 65.0)
+    assert (scenario.observer.cloud_rtt_ms, scenario.observer.cloud_uplink_mbps) == (43.0, 19.5)
 
 
 def test_profile_load_is_the_traces_offered_rate_with_other_arrivals() -> None:
@@ -134,6 +154,9 @@ def test_pipeline_replays_profiles_and_simulates_the_same_trace(tmp_path: Path) 
     # The simulator's service times come from a held-out calibration replay: same spec, other arrivals.
     calibration_rows = list(csv.DictReader((tmp_path / "calibration_trace.csv").open()))
     assert [(r["time_s"], r["camera"]) for r in calibration_rows] != [(r["time_s"], r["camera"]) for r in trace_rows]
+    # the simulation starts from what the preprocessor had learned when the replay began
+    start = json.loads((tmp_path / "observer_start.json").read_text())
+    assert result.observer == start and start["cloud_rtt_ms"] > 0 and start["edge_service_ms"] > 0
     calibrated = json.loads((tmp_path / "profile_calibrated.json").read_text())
     calibration_ok = [r for r in read_records(tmp_path / "calibration_records.csv") if r.status == "ok"]
     assert calibrated["meta"]["method"] == "service times of a held-out calibration replay"

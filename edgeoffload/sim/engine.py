@@ -118,8 +118,12 @@ class Simulation:
         self._cold_start = {pool.spec.name: pool.spec.cold_start_s.sampler(stream(seed, f"{pool.spec.name}/cold-start"))
                             for pool in (self.edge, self.cloud)}
         self.link = WanLink(scenario.wan)
-        self.edge_view = SiteEstimator(remote=False, alpha=scenario.observer.ewma_alpha)
-        self.cloud_view = SiteEstimator(remote=True, alpha=scenario.observer.ewma_alpha)
+        observer = scenario.observer
+        self.edge_view = SiteEstimator(remote=False, service_s=observer.edge_service_ms / 1000, alpha=observer.ewma_alpha)
+        self.cloud_view = SiteEstimator(remote=True, service_s=observer.cloud_service_ms / 1000,
+                                        rtt_s=observer.cloud_rtt_ms / 1000, alpha=observer.ewma_alpha,
+                                        uplink_bps=math.inf if observer.cloud_uplink_mbps is None
+                                        else observer.cloud_uplink_mbps * 1e6)
         self.sites = {"edge": SiteAccumulator(), "cloud": SiteAccumulator()}
         self._edge_site = _Site("edge", False, self.edge_view, self.sites["edge"], scenario.edge.model)
         self._cloud_site = _Site("cloud", True, self.cloud_view, self.sites["cloud"], scenario.cloud.model)

@@ -6,7 +6,7 @@ Top-level keys (see experiments/scenarios/baseline.yaml for a commented example)
   wan:     {bandwidth_mbps | bandwidth_bps, rtt_ms, trace, profile, egress_price_per_gb}
   edge, cloud: {replicas, workers, queue, queue_capacity, service_ms, cold_start_s, hpa,
                 cpu_request, cpu_per_worker, price_per_pod_hour, power_w: {idle, busy}, model}
-  observer: {ewma_alpha, probe_interval_s}
+  observer: {ewma_alpha, probe_interval_s, edge_service_ms, cloud_service_ms, cloud_rtt_ms, cloud_uplink_mbps}
   shared_cpu: {cores, pools}   optional: the listed pools (default edge and cloud) run on one
                                machine and share `cores` cores (processor sharing, see pools.SharedCpu)
 """
@@ -80,6 +80,12 @@ class ObserverSpec:
 
     ewma_alpha: float = DEFAULT_ALPHA
     probe_interval_s: float = DEFAULT_PROBE_INTERVAL_S   # ready probes of each site
+    # Estimates before the first answer (the preprocessor's PRE_EDGE_SERVICE_MS etc.; a running
+    # preprocessor's /api/state to continue from its learned state). Service = model + HTTP path.
+    edge_service_ms: float = 80.0
+    cloud_service_ms: float = 80.0
+    cloud_rtt_ms: float = 0.0
+    cloud_uplink_mbps: float | None = None    # None: unknown until fitted from answers
 
 
 SHARED_CPU_POOLS = ("edge", "cloud")
@@ -208,14 +214,19 @@ def parse_scenario(raw: Any, base_dir: Path) -> Scenario:
     warmup = top.number("warmup_s", 0.0, ge=0)
     if warmup >= duration:
         raise ScenarioError("warmup_s", f"must be < duration_s ({duration:g})")
-    observer = _Fields(raw.get("observer") or {}, "observer", {"ewma_alpha", "probe_interval_s"})
+    observer = _Fields(raw.get("observer") or {}, "observer", {"ewma_alpha", "probe_interval_s", "edge_service_ms",
+                                                                "cloud_service_ms", "cloud_rtt_ms", "cloud_uplink_mbps"})
     return Scenario(
         name=top.text("name", "scenario"), duration_s=duration, warmup_s=warmup,
         seed=top.integer("seed", 0), timeline_interval_s=top.number("timeline_interval_s", 15.0, gt=0),
         cameras=cameras, wan=_wan(raw.get("wan") or {}, base_dir),
         edge=_pool(raw.get("edge"), "edge", base_dir), cloud=_pool(raw.get("cloud"), "cloud", base_dir),
         observer=ObserverSpec(ewma_alpha=observer.number("ewma_alpha", DEFAULT_ALPHA, gt=0, le=1),
-                              probe_interval_s=observer.number("probe_interval_s", DEFAULT_PROBE_INTERVAL_S, gt=0)),
+                              probe_interval_s=observer.number("probe_interval_s", DEFAULT_PROBE_INTERVAL_S, gt=0),
+                              edge_service_ms=observer.number("edge_service_ms", 80.0, gt=0),
+                              cloud_service_ms=observer.number("cloud_service_ms", 80.0, gt=0),
+                              cloud_rtt_ms=observer.number("cloud_rtt_ms", 0.0, ge=0),
+                              cloud_uplink_mbps=observer.optional_number("cloud_uplink_mbps", gt=0)),
         shared_cpu=_shared_cpu(raw.get("shared_cpu")))
 
 

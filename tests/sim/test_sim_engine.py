@@ -69,6 +69,20 @@ def test_policy_sees_observations_and_gets_one_record_per_frame(scenario) -> Non
     assert late.edge.service_s == pytest.approx(0.040, rel=0.6)      # EWMA around the 40 ms mean
 
 
+def test_policy_starts_from_the_observers_initial_estimates(scenario) -> None:
+    default = Recorder()
+    run_scenario(scenario(), default)
+    first = default.observations[0]
+    assert (first.edge.service_s, first.cloud.service_s, first.cloud.rtt_s) == (0.08, 0.08, 0.0)
+    assert first.cloud.uplink_bps == float("inf")
+    warm = Recorder()
+    run_scenario(scenario(observer={"edge_service_ms": 35, "cloud_service_ms": 60, "cloud_rtt_ms": 42,
+                                    "cloud_uplink_mbps": 20}), warm)
+    first = warm.observations[0]
+    assert (first.edge.service_s, first.cloud.service_s, first.cloud.rtt_s) == pytest.approx((0.035, 0.06, 0.042))
+    assert first.cloud.uplink_bps == pytest.approx(20e6)
+
+
 def test_records_match_the_summary(scenario, tmp_path: Path) -> None:
     out = tmp_path / "records.csv"
     result = run_scenario(scenario(warmup_s=5), load_policy("alternate"), out=out)

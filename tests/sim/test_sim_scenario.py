@@ -34,6 +34,8 @@ from conftest import SCENARIOS, merged
     ({"wan": {"bandwidth_mbps": 0}}, r"^wan\.bandwidth_mbps: must be > 0"),
     ({"wan": {"trace": "missing.csv"}}, r"^wan\.trace: cannot read"),
     ({"observer": {"ewma_alpha": 2}}, r"^observer\.ewma_alpha: must be <= 1"),
+    ({"observer": {"cloud_rtt_ms": -1}}, r"^observer\.cloud_rtt_ms: must be >= 0"),
+    ({"observer": {"cloud_uplink_mbps": 0}}, r"^observer\.cloud_uplink_mbps: must be > 0"),
     ({"shared_cpu": 1.4}, r"^shared_cpu: must be a mapping"),
     ({"shared_cpu": {"pools": ["edge"]}}, r"^shared_cpu\.cores: is required"),
     ({"shared_cpu": {"cores": 0}}, r"^shared_cpu\.cores: must be > 0"),
