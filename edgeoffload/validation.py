@@ -37,7 +37,7 @@ from edgeoffload import contention
 from edgeoffload.analysis import (Deviation, ReplicaPoint, RunMetrics, after_warmup, compare, from_records, from_runs,
                                   pod_seconds, timeline_from_summary)
 from edgeoffload.load.sample_video import CyclicFrames, open_source
-from edgeoffload.load.trace import Trace, TraceSpec, generate, with_frame_sizes, write_trace
+from edgeoffload.load.trace import Trace, TraceSpec, generate, with_frame_content, with_frame_sizes, write_trace
 from edgeoffload.local import SiteOptions, Testbed, TestbedOptions, hpa_for
 from edgeoffload.profile import BackgroundLoad, Profile, measure
 from edgeoffload.records import FrameRecord, read_records
@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 # The preprocessor's defaults (edgeoffload.units.preprocessor.PreprocessorConfig) that shape queueing.
 PREPROCESSOR_QUEUE = 8          # frames waiting per site (the oldest is dropped beyond)
 PREPROCESSOR_DEADLINE_MS = 500.0
+
+MIN_CONTENT_FRAMES = 2   # answers of one picture needed to estimate its relative cost
 
 MODEL_DIFFERENCES: tuple[str, ...] = (
     "the preprocessor's own work (decode, resize, JPEG re-encode; `preprocess_ms` in the profile) "
@@ -85,6 +87,7 @@ class ValidationSetup:
     profile_frames: int = 30
     profile_under_load: bool = True        # service times under the trace's offered rate (else sequential)
     calibration_replay: bool = True        # service times from a held-out replay (same spec, another seed)
+    content_cost: bool = True              # each picture's relative inference cost (profile_from_records)
     shared_cpu: bool = True                # model the two sites slowing each other on this machine (contention.py)
     warmup_s: float = 5.0
     sim_seeds: int = 5
@@ -113,6 +116,7 @@ class ValidationResult:
     profile_after: Profile | None = None       # the same measurement right after the replay (drift check)
     shared_cpu: dict[str, Any] | None = None   # the contention the simulator modelled (profile's shared_cpu)
     observer: dict[str, float] = field(default_factory=dict)   # the estimates the simulation started from
+    content_factor: dict[str, float] = field(default_factory=dict)   # each picture's relative cost
 
     @property
     def sim_records(self) -> list[FrameRecord]:
@@ -133,9 +137,19 @@ def profile_load(setup: ValidationSetup, trace: Trace) -> BackgroundLoad | None:
 
 # --- the sizes the simulator must see --------------------------------------------------------
 
+def picture_of(setup: ValidationSetup, frames: CyclicFrames) -> Callable[[str, int], str] | None:
+    """camera, frame id -> picture, when the setup models content-dependent cost."""
+    return (lambda camera, index: content_of(frames, camera, index)) if setup.content_cost else None
+
+
+def content_of(frames: CyclicFrames, camera: str, frame_index: int) -> str:
+    """The picture camera `camera` sends as its `frame_index`-th frame (a trace's `content`)."""
+    return f"frame-{frames.index(camera, frame_index)}"
+
+
 def sent_sizes(trace: Trace, frames: CyclicFrames, max_side: int, quality: int = 80) -> Trace:
     """The trace with each frame's size as the preprocessor sends it (prepared, re-encoded),
-    which is what crosses the WAN, not the size the camera produced."""
+    which is what crosses the WAN, not the size the camera produced, and which picture it is."""
     from edgeoffload.units.preprocessor import FramePreparer
 
     preparer = FramePreparer(max_side=max_side, quality=quality)
@@ -148,7 +162,7 @@ def sent_sizes(trace: Trace, frames: CyclicFrames, max_side: int, quality: int =
             cache[key] = len(preparer.from_bytes(raw).payload)
         return cache[key]
 
-    return with_frame_sizes(trace, size)
+    return with_frame_content(with_frame_sizes(trace, size), lambda camera, index: content_of(frames, camera, index))
 
 
 # --- the testbed side ---
@@ -261,11 +275,15 @@ def simulated_scenario(setup: ValidationSetup, trace_csv: Path, profile_json: Pa
     """The testbed as a scenario: trace-driven cameras, profile-driven pools and WAN, the HPA
     the local autoscaler runs (the very same HPASpec objects), and the preprocessor's estimates
     at the start of the replay (`observer`, see observer_from_state) when given."""
+    profile_data = json.loads(profile_json.read_text(encoding="utf-8"))
+
     def pool(site: str, options: SiteOptions) -> dict[str, Any]:
         return {"replicas": max(1, options.replicas), "workers": max(1, options.instances), "queue": "per-pod",
                 # the preprocessor's queue plus the one request waiting at the unit behind the one in service
                 "queue_capacity": PREPROCESSOR_QUEUE + 1,
                 "service_ms": {"dist": "profile", "file": str(profile_json.resolve()), "key": f"{site}.service_ms"},
+                **({"content_factor": {"file": str(profile_json.resolve()), "key": "content_factor"}}
+                   if profile_data.get("content_factor") else {}),
                 "cold_start_s": {"dist": "constant", "value": round(cold_start_s, 3)},
                 "model": f"{site}/{options.kind}"}
 
@@ -274,7 +292,7 @@ def simulated_scenario(setup: ValidationSetup, trace_csv: Path, profile_json: Pa
            "cameras": [{"name": "trace", "trace": str(trace_csv.resolve()), "deadline_ms": PREPROCESSOR_DEADLINE_MS}],
            "wan": {"profile": str(profile_json.resolve())},
            "edge": pool("edge", setup.edge), "cloud": pool("cloud", setup.cloud), "observer": observer or {}}
-    shared = json.loads(profile_json.read_text(encoding="utf-8")).get("shared_cpu")
+    shared = profile_data.get("shared_cpu")
     if shared:   # the profile's service times are then work as if alone (profile_from_records)
         raw["shared_cpu"] = {"cores": shared["cores"], "pools": ["edge", "cloud"]}
     scenario = load_scenario(raw, base_dir=trace_csv.parent)
@@ -299,14 +317,19 @@ def simulate(setup: ValidationSetup, trace_csv: Path, profile_json: Path, cold_s
 
 
 def profile_from_records(records: list[FrameRecord], profile: Profile, method: str,
-                         shared_cpu: bool = True) -> dict[str, Any]:
+                         shared_cpu: bool = True, content: Callable[[str, int], str] | None = None) -> dict[str, Any]:
     """A profile whose service times are those the testbed showed in a replay (model time plus the
     HTTP path, per answered frame), with the measured WAN. Used on a held-out calibration replay
     (`calibrate`) and, as a diagnosis only, on the evaluated replay itself (`in_run_profile`).
 
     With `shared_cpu`, the replay also gives how much the two sites slowed each other
     (`contention.estimate`): each sample becomes the frame's work as if computed alone, and
-    `shared_cpu.cores` tells the simulator to slow frames down when both sites compute."""
+    `shared_cpu.cores` tells the simulator to slow frames down when both sites compute.
+
+    With `content` (camera, frame id -> picture), the edge's frames also give each picture's
+    relative cost (`content_factor`: its median work over the median of all); the samples are
+    divided by it and the simulator multiplies each frame's draw by its picture's factor, so
+    runs of a costly picture are slow together, as on the testbed."""
     data = profile.to_dict()
     return_ms = statistics.median(profile.wan.rtt_ms) / 2 if profile.wan.rtt_ms else 0.0
     measured = contention.estimate(records, return_ms) if shared_cpu else None
@@ -317,24 +340,49 @@ def profile_from_records(records: list[FrameRecord], profile: Profile, method: s
 
     edge = [(r, share) for r, share in zip(records, shares) if r.site == "edge" and r.status == "ok"]
     cloud = [(r, share) for r, share in zip(records, shares) if r.site == "cloud" and r.status == "ok"]
+    path_ms = statistics.median(r.t_network_ms for r, _ in edge) if edge else profile.edge.overhead_median_ms()
+    edge_work = [(r, alone(r.t_inference_ms + r.t_network_ms, share)) for r, share in edge]
+    cloud_work = [(r, alone(r.t_inference_ms + path_ms, share)) for r, share in cloud]
+    factors = content_factors(edge_work, content) if content is not None else {}
+
+    def neutral(work: list[tuple[FrameRecord, float]]) -> list[float]:
+        if content is None or not factors:
+            return [ms for _, ms in work]
+        return [round(ms / factors.get(content(r.camera, r.frame_id), 1.0), 3) for r, ms in work]
+
     if edge:
-        data["edge"]["service_ms"] = [alone(r.t_inference_ms + r.t_network_ms, share) for r, share in edge]
-        path_ms = statistics.median(r.t_network_ms for r, _ in edge)
-    else:
-        path_ms = profile.edge.overhead_median_ms()
+        data["edge"]["service_ms"] = neutral(edge_work)
     if cloud:
-        data["cloud"]["service_ms"] = [alone(r.t_inference_ms + path_ms, share) for r, share in cloud]
+        data["cloud"]["service_ms"] = neutral(cloud_work)
+    if factors:
+        data["content_factor"] = factors
     data["meta"] = {**data["meta"], "method": method}
     if measured is not None:
         data["shared_cpu"] = {"cores": round(measured.cores, 3), **dataclasses.asdict(measured)}
     return data
 
 
-def in_run_profile(records: list[FrameRecord], profile: Profile, shared_cpu: bool = True) -> dict[str, Any]:
+def content_factors(work: list[tuple[FrameRecord, float]], content: Callable[[str, int], str],
+                    min_frames: int = MIN_CONTENT_FRAMES) -> dict[str, float]:
+    """Each picture's median work over the median work of all frames, for pictures answered at
+    least `min_frames` times (the others keep factor 1)."""
+    if not work:
+        return {}
+    overall = statistics.median(ms for _, ms in work)
+    by_picture: dict[str, list[float]] = {}
+    for record, ms in work:
+        by_picture.setdefault(content(record.camera, record.frame_id), []).append(ms)
+    return {picture: round(statistics.median(values) / overall, 4) for picture, values in sorted(by_picture.items())
+            if len(values) >= min_frames and overall > 0}
+
+
+def in_run_profile(records: list[FrameRecord], profile: Profile, shared_cpu: bool = True,
+                   content: Callable[[str, int], str] | None = None) -> dict[str, Any]:
     """The evaluated replay's own service times. Simulating with it separates the queueing/policy
     model from the service-time input; it is fitted on the evaluated run, so it is a diagnosis
     only, never the calibration."""
-    return profile_from_records(records, profile, "service times of the replay's own answered frames", shared_cpu)
+    return profile_from_records(records, profile, "service times of the replay's own answered frames", shared_cpu,
+                                content)
 
 
 def calibration_trace(setup: ValidationSetup) -> TraceSpec:
@@ -354,7 +402,7 @@ def calibrate(setup: ValidationSetup, testbed: "Testbed", frames: CyclicFrames, 
     replay_process(trace_csv, testbed, out / "calibration_records.csv", setup.drain_timeout_s, trace.duration_s)
     records = after_warmup(list(read_records(out / "calibration_records.csv")), setup.warmup_s)
     calibrated = profile_from_records(records, profile, "service times of a held-out calibration replay",
-                                      setup.shared_cpu)
+                                      setup.shared_cpu, picture_of(setup, frames))
     path = out / "profile_calibrated.json"
     path.write_text(json.dumps(calibrated, indent=1) + "\n", encoding="utf-8")
     return path
@@ -395,6 +443,7 @@ def run_validation(setup: ValidationSetup, out_dir: str | Path,
             profile_after = measure(testbed.relays["edge"].url, testbed.relays["cloud"].url,
                                     frames=setup.profile_frames, max_side=setup.max_side, load=load)
             profile_after.write(out / "profile_after.json")
+    calibrated = json.loads(profile_json.read_text(encoding="utf-8"))
     all_real = list(read_records(out / "real_records.csv"))
     origin = min((r.captured_at for r in all_real), default=time.time())
     progress(f"simulating {setup.sim_seeds} seed(s)")
@@ -409,7 +458,7 @@ def run_validation(setup: ValidationSetup, out_dir: str | Path,
     per_seed = [from_records(run, f"simulator seed {seed}") for seed, run in enumerate(sim_counted)]
     progress("simulating with the service times seen during the replay")
     in_run_json = out / "in_run_profile.json"
-    in_run_json.write_text(json.dumps(in_run_profile(real_records, profile, setup.shared_cpu), indent=1) + "\n", encoding="utf-8")
+    in_run_json.write_text(json.dumps(in_run_profile(real_records, profile, setup.shared_cpu, picture_of(setup, frames)), indent=1) + "\n", encoding="utf-8")
     in_run_dir = out / "in_run"
     in_run_dir.mkdir(exist_ok=True)
     _, in_run_runs = simulate(setup, trace_csv, in_run_json, cold_start_s, trace.duration_s + 1e-3, in_run_dir,
@@ -420,7 +469,7 @@ def run_validation(setup: ValidationSetup, out_dir: str | Path,
                             compare(real, simulated), real_timeline, sim_timeline,
                             real_records, sim_counted, summaries, in_run, compare(real, in_run),
                             [record for run in in_run_counted for record in run], profile_after,
-                            json.loads(profile_json.read_text(encoding="utf-8")).get("shared_cpu"), observer)
+                            calibrated.get("shared_cpu"), observer, calibrated.get("content_factor", {}))
 
 
 # --- where the time goes ---------------------------------------------------------------------

@@ -95,6 +95,7 @@ def write_results(result: ValidationResult, out: Path, wall_s: float) -> str:
         "cold_start_s": round(result.cold_start_s, 3),
         "shared_cpu": result.shared_cpu,
         "observer_start": result.observer,
+        "content_factor": result.content_factor,
         "replay": {"complete": result.replay.complete, "report": result.replay.report.splitlines()},
         "model_differences": list(MODEL_DIFFERENCES),
         "load_average_at_end": os.getloadavg()[0],
@@ -106,7 +107,8 @@ def write_results(result: ValidationResult, out: Path, wall_s: float) -> str:
               + "; ".join(f"{k} {v}" for k, v in profile.rows()) + f"; cold start {result.cold_start_s:.2f} s\n"
               + shared_cpu_line(result.shared_cpu)
               + "\nsimulation starts from the preprocessor's estimates at the start of the replay: "
-              + ", ".join(f"{k} {v:g}" for k, v in result.observer.items()) + "\n")
+              + ", ".join(f"{k} {v:g}" for k, v in result.observer.items()) + "\n"
+              + content_line(result.content_factor))
     report = header + "\n\n".join(sections) + "\n"
     (out / "report.md").write_text(report, encoding="utf-8")
     return report
@@ -148,6 +150,15 @@ def service_rows(result: ValidationResult) -> list[dict]:
     return rows
 
 
+def content_line(factors: dict[str, float]) -> str:
+    """How much the pictures' inference cost differs (the calibration replay's edge frames)."""
+    if not factors:
+        return "\npicture-dependent cost: not modelled\n"
+    values = sorted(factors.values())
+    return (f"\npicture-dependent cost: {len(values)} pictures, relative cost {values[0]:.2f} to {values[-1]:.2f} "
+            f"(median work of a picture's edge frames over all, calibration replay)\n")
+
+
 def shared_cpu_line(shared: dict | None) -> str:
     """How the simulator modelled the two sites sharing this machine's CPUs."""
     if not shared:
@@ -180,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="profile one request at a time on an idle testbed (the first calibration)")
     parser.add_argument("--no-calibration-replay", action="store_true",
                         help="take service times from the unit profile instead of a held-out calibration replay")
+    parser.add_argument("--no-content-cost", action="store_true",
+                        help="draw every frame's service time alike, whatever picture it shows")
     parser.add_argument("--no-shared-cpu", action="store_true",
                         help="do not model the two sites slowing each other (independent service times)")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -187,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     setup = dataclasses.replace(defaults, policy=args.policy, autoscale=not args.no_autoscale,
                                 profile_frames=args.profile_frames, profile_under_load=not args.sequential_profile,
                                 calibration_replay=not args.no_calibration_replay,
-                                shared_cpu=not args.no_shared_cpu,
+                                shared_cpu=not args.no_shared_cpu, content_cost=not args.no_content_cost,
                                 trace=TraceSpec(kind="poisson", cameras=args.cameras, rate=args.rate,
                                                 duration_s=args.duration, seed=args.seed))
     began = time.monotonic()

@@ -76,6 +76,32 @@ def test_calibrated_profile_holds_work_as_if_alone_and_the_shared_cpu(tmp_path: 
     assert simulated_scenario(ValidationSetup(autoscale=False), trace, path, 1.0, 10.0, 0).shared_cpu is None
 
 
+def test_each_pictures_relative_cost_is_taken_out_of_the_samples_and_given_to_the_simulator(tmp_path: Path) -> None:
+    from edgeoffload.records import FrameRecord
+
+    sample = RequestSample(bytes=15_000, round_trip_ms=45.0, inference_ms=38.0, queue_ms=1.0)
+    site = SiteMeasurement("http://unit", "haar-face", (sample,) * 3, (sample,) * 3)
+    profile = Profile(site, site, WanEstimate(2e7, (40.0, 40.0)), (15_000,), (1.0,), 150_000)
+    cost = {"cat": 60.0, "rocket": 30.0, "astronaut": 40.0}
+    pictures = list(cost)
+    records = [FrameRecord("cam", i, 1_800_000_000.0 + i, "edge", "ok", t_inference_ms=cost[pictures[i % 3]],
+                           t_total_ms=cost[pictures[i % 3]]) for i in range(12)]
+    records.append(FrameRecord("cam", 12, 1_800_000_012.5, "cloud", "ok", t_inference_ms=90.0, t_total_ms=150.0))
+    picture = lambda camera, index: pictures[index % 3]
+    data = profile_from_records(records, profile, "test", shared_cpu=False, content=picture)
+    assert data["content_factor"] == {"astronaut": 1.0, "cat": 1.5, "rocket": 0.75}
+    assert data["edge"]["service_ms"] == pytest.approx([40.0] * 12)           # every picture's share taken out
+    assert data["cloud"]["service_ms"] == pytest.approx([90.0 / 1.5])         # frame 12 shows the cat
+    assert "content_factor" not in profile_from_records(records, profile, "test", shared_cpu=False)
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(data))
+    trace = write_trace(sent_sizes(generate(TraceSpec("periodic", 1, 2.0, 3.0)), sample_source(), 320),
+                        tmp_path / "trace.csv")
+    scenario = simulated_scenario(ValidationSetup(autoscale=False), trace, path, 1.0, 10.0, 0)
+    assert scenario.edge.content_factor == scenario.cloud.content_factor == data["content_factor"]
+    assert all(row[3].startswith("frame-") for row in scenario.cameras[0].trace)   # the trace names each picture
+
+
 def test_simulation_starts_from_the_preprocessors_estimates(tmp_path: Path) -> None:
     state = {"policy": "min-latency",
              "edge": {"in_flight": 0, "replicas": 1, "service_s": 0.039, "rtt_s": 0.005, "uplink_bps": None},

@@ -118,9 +118,13 @@ class CyclicFrames:
         if not self.frames:
             raise ValueError("a frame source needs at least one frame")
 
-    def frame(self, camera: str, frame_index: int) -> bytes:
+    def index(self, camera: str, frame_index: int) -> int:
+        """Which of the frames camera `camera` sends as its `frame_index`-th."""
         offset = sum(camera.encode()) * 7
-        return self.frames[(offset + frame_index) % len(self.frames)]
+        return (offset + frame_index) % len(self.frames)
+
+    def frame(self, camera: str, frame_index: int) -> bytes:
+        return self.frames[self.index(camera, frame_index)]
 
     @property
     def mean_bytes(self) -> float:

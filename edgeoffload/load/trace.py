@@ -3,8 +3,11 @@
 A trace is the open-loop input of both the testbed replay and the simulator, so the same
 arrivals can drive both. It is a CSV file `time_s,camera,frame_index[,bytes]` sorted by
 time, one row per frame. The optional `bytes` column is the encoded size of the frame the
-replay will send (filled in by `with_frame_sizes`); the simulator's trace-driven cameras
-read `time_s,camera,bytes` from the same file, the replay reads `frame_index`. Generators are seeded and give every camera its own random stream, so
+replay will send (filled in by `with_frame_sizes`), and the optional `content` column after it
+names the picture (`with_frame_content`): inference cost depends on what a frame shows, so the
+simulator can give frames of the same picture the same relative cost. The simulator's
+trace-driven cameras read `time_s,camera,bytes[,content]` from the same file, the replay reads
+`frame_index`. Generators are seeded and give every camera its own random stream, so
 adding a camera never changes the arrivals of the others.
 
 Kinds (rates are frames per second per camera):
@@ -33,6 +36,8 @@ from edgeoffload.sources import valid_camera
 
 HEADER: tuple[str, ...] = ("time_s", "camera", "frame_index")
 SIZE_COLUMN = "bytes"
+CONTENT_COLUMN = "content"
+MAX_CONTENT_CHARS = 64
 KINDS: tuple[str, ...] = ("periodic", "poisson", "mmpp", "diurnal")
 
 
@@ -48,6 +53,7 @@ class TraceEvent:
     camera: str
     frame_index: int
     frame_bytes: int = 0         # encoded size of the frame; 0 = not recorded
+    content: str = ""            # which picture the frame shows; "" = not recorded
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +79,10 @@ class Trace:
     @property
     def has_sizes(self) -> bool:
         return bool(self.events) and all(event.frame_bytes > 0 for event in self.events)
+
+    @property
+    def has_content(self) -> bool:
+        return self.has_sizes and all(event.content for event in self.events)
 
     def per_camera(self) -> dict[str, list[TraceEvent]]:
         grouped: dict[str, list[TraceEvent]] = {}
@@ -194,23 +204,41 @@ def generate(spec: TraceSpec) -> Trace:
 
 def with_frame_sizes(trace: Trace, frame_size: Callable[[str, int], int]) -> Trace:
     """The trace with each event's `frame_bytes` set, e.g. from the replay's frame source."""
-    return Trace(tuple(TraceEvent(e.time_s, e.camera, e.frame_index, frame_size(e.camera, e.frame_index))
+    return Trace(tuple(TraceEvent(e.time_s, e.camera, e.frame_index, frame_size(e.camera, e.frame_index), e.content)
                        for e in trace))
+
+
+def with_frame_content(trace: Trace, content: Callable[[str, int], str]) -> Trace:
+    """The trace with each event's `content` set (which picture the replay sends for it)."""
+    return Trace(tuple(TraceEvent(e.time_s, e.camera, e.frame_index, e.frame_bytes,
+                                  _checked_content(content(e.camera, e.frame_index), "content"))
+                       for e in trace))
+
+
+def _checked_content(value: str, where: str) -> str:
+    if not value or len(value) > MAX_CONTENT_CHARS or "," in value or not value.isprintable():
+        raise TraceError(f"{where}: content must be 1-{MAX_CONTENT_CHARS} printable characters without commas, "
+                         f"got {value!r}")
+    return value
 
 
 # --- file format ------------------------------------------------------------------------
 
 def write_trace(trace: Trace, path: str | Path) -> Path:
-    """Write `trace`; the `bytes` column is included when every event has a size."""
+    """Write `trace`; the `bytes` column is included when every event has a size, and the
+    `content` column when every event also has a content."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sized = trace.has_sizes
+    sized, with_content = trace.has_sizes, trace.has_content
+    header = HEADER + ((SIZE_COLUMN,) if sized else ()) + ((CONTENT_COLUMN,) if with_content else ())
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(HEADER + (SIZE_COLUMN,) if sized else HEADER)
+        writer.writerow(header)
         for event in trace:
-            row = [f"{event.time_s:.6f}", event.camera, event.frame_index]
-            writer.writerow(row + [event.frame_bytes] if sized else row)
+            row: list[object] = [f"{event.time_s:.6f}", event.camera, event.frame_index]
+            row += [event.frame_bytes] if sized else []
+            row += [event.content] if with_content else []
+            writer.writerow(row)
     return path
 
 
@@ -227,8 +255,9 @@ def parse_trace(lines: Iterable[str], source: str = "<trace>") -> Trace:
     if header is None:
         raise TraceError(f"{source}: empty file, expected header {','.join(HEADER)}")
     columns = tuple(cell.strip() for cell in header)
-    if columns not in (HEADER, HEADER + (SIZE_COLUMN,)):
-        raise TraceError(f"{source}:1: header must be {','.join(HEADER)}[,{SIZE_COLUMN}], got {','.join(header)}")
+    if columns not in (HEADER, HEADER + (SIZE_COLUMN,), HEADER + (SIZE_COLUMN, CONTENT_COLUMN)):
+        raise TraceError(f"{source}:1: header must be {','.join(HEADER)}[,{SIZE_COLUMN}[,{CONTENT_COLUMN}]], "
+                         f"got {','.join(header)}")
     events: list[TraceEvent] = []
     seen: set[tuple[str, int]] = set()
     previous_time = -math.inf
@@ -273,7 +302,8 @@ def _parse_row(row: Sequence[str], width: int, where: str) -> TraceEvent:
         if not raw_bytes.isdigit() or int(raw_bytes) <= 0:
             raise TraceError(f"{where}: bytes must be a positive integer, got {raw_bytes!r}")
         frame_bytes = int(raw_bytes)
-    return TraceEvent(time_s, camera, frame_index, frame_bytes)
+    content = _checked_content(row[4].strip(), where) if width > len(HEADER) + 1 else ""
+    return TraceEvent(time_s, camera, frame_index, frame_bytes, content)
 
 
 # --- command line: `edgeoffload trace gen|info` -----------------------------------------
@@ -312,6 +342,7 @@ def run(args: argparse.Namespace) -> int:
 
             source = open_source(args.frames)
             trace = with_frame_sizes(trace, lambda camera, index: len(source.frame(camera, index)))
+            trace = with_frame_content(trace, lambda camera, index: f"frame-{source.index(camera, index)}")
         write_trace(trace, args.output)
         print(f"wrote {len(trace)} frames for {spec.cameras} camera(s) over {spec.duration_s:g}s "
               f"(expected {spec.mean_rate() * spec.cameras * spec.duration_s:.0f}) to {args.output}", file=sys.stderr)
@@ -325,4 +356,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 __all__ = ["Trace", "TraceEvent", "TraceSpec", "TraceError", "KINDS", "generate", "read_trace",
-           "write_trace", "parse_trace", "diurnal_rate", "with_frame_sizes"]
+           "write_trace", "parse_trace", "diurnal_rate", "with_frame_content", "with_frame_sizes"]

@@ -199,13 +199,15 @@ class Simulation:
 
     def _trace_capture(self, state: tuple[CameraGroup, int, dict[str, int]]) -> None:
         group, index, counters = state
-        _, name, size = group.trace[index]
+        _, name, size, content = group.trace[index]
         if index + 1 < len(group.trace) and group.trace[index + 1][0] < self.end:
             self._push(group.trace[index + 1][0], self._trace_capture, (group, index + 1, counters))
         frame_id = counters.get(name, 0)
         counters[name] = frame_id + 1
         deadline = None if group.deadline_ms is None else group.deadline_ms / 1000
-        self._emit(Frame(name, frame_id, self.now, size, deadline))
+        frame = Frame(name, frame_id, self.now, size, deadline)
+        frame.content = content
+        self._emit(frame)
 
     def _emit(self, frame: Frame) -> None:
         """Ask the policy with the preprocessor's current view, then send the frame."""

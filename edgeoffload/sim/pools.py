@@ -31,7 +31,7 @@ class Frame:
     """One frame on its way through the model (times in simulated seconds)."""
 
     __slots__ = ("camera", "frame_id", "captured", "size", "deadline_s", "arrived", "started", "service",
-                 "uplink_s", "up_s", "down_s", "pod", "reason")
+                 "uplink_s", "up_s", "down_s", "pod", "reason", "content")
 
     def __init__(self, camera: str, frame_id: int, captured: float, size: int, deadline_s: float | None) -> None:
         self.camera = camera
@@ -43,6 +43,7 @@ class Frame:
         self.uplink_s = self.up_s = self.down_s = 0.0   # uplink wait + serialisation, propagation up/down
         self.pod: Pod | None = None
         self.reason = ""
+        self.content = ""                # which picture (trace `content`): scales the service draw
 
 
 class Pod:
@@ -175,6 +176,7 @@ class Pool:
         self._pid = itertools.count()
         self.peak_replicas = 0
         self.shared_cpu = shared_cpu
+        self._content_factor = spec.content_factor   # empty: every frame costs the same on average
         if shared_cpu is not None:   # chosen once here so the plain path pays nothing per frame
             self._start = self._start_on_shared_cpu  # type: ignore[method-assign]
 
@@ -228,6 +230,8 @@ class Pool:
         pod.idle -= 1
         pod._change_busy(now, 1)
         service = self._service_ms() / 1000.0
+        if self._content_factor:
+            service *= self._content_factor.get(frame.content, 1.0)
         frame.pod, frame.started, frame.service = pod, now, service
         heapq.heappush(self._heap, (now + service, next(self._seq), self._complete, frame))
 
@@ -237,7 +241,10 @@ class Pool:
         pod._change_busy(now, 1)
         frame.pod, frame.started = pod, now
         assert self.shared_cpu is not None
-        self.shared_cpu.start(frame, self._service_ms() / 1000.0, self.spec.cpu_per_worker, now, self._complete)
+        work = self._service_ms() / 1000.0
+        if self._content_factor:
+            work *= self._content_factor.get(frame.content, 1.0)
+        self.shared_cpu.start(frame, work, self.spec.cpu_per_worker, now, self._complete)
 
     def _complete(self, frame: Frame) -> None:
         raise NotImplementedError

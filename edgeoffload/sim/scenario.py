@@ -4,7 +4,7 @@ Top-level keys (see experiments/scenarios/baseline.yaml for a commented example)
   name, duration_s, warmup_s, seed, timeline_interval_s,
   cameras: [ {name, count, fps, arrival, jitter_ms, frame_bytes, deadline_ms, start_s, stop_s} | {name, trace, deadline_ms} ]
   wan:     {bandwidth_mbps | bandwidth_bps, rtt_ms, trace, profile, egress_price_per_gb}
-  edge, cloud: {replicas, workers, queue, queue_capacity, service_ms, cold_start_s, hpa,
+  edge, cloud: {replicas, workers, queue, queue_capacity, service_ms, content_factor, cold_start_s, hpa,
                 cpu_request, cpu_per_worker, price_per_pod_hour, power_w: {idle, busy}, model}
   observer: {ewma_alpha, probe_interval_s, edge_service_ms, cloud_service_ms, cloud_rtt_ms, cloud_uplink_mbps}
   shared_cpu: {cores, pools}   optional: the listed pools (default edge and cloud) run on one
@@ -38,11 +38,11 @@ class CameraGroup:
     deadline_ms: float | None = None
     start_s: float = 0.0
     stop_s: float | None = None           # captures stop here (default: the scenario's end)
-    trace: tuple[tuple[float, str, int], ...] = ()   # (time_s, camera, bytes), time-sorted
+    trace: tuple[tuple[float, str, int, str], ...] = ()   # (time_s, camera, bytes, content), time-sorted
 
     def camera_names(self) -> list[str]:
         if self.trace:
-            return sorted({camera for _, camera, _ in self.trace})
+            return sorted({row[1] for row in self.trace})
         return [self.name] if self.count == 1 else [f"{self.name}-{i}" for i in range(self.count)]
 
 
@@ -64,6 +64,7 @@ class PoolSpec:
     queue: Literal["per-pod", "shared"] = "per-pod"
     queue_capacity: int | None = None      # waiting frames per pod (per-pod) or in total (shared)
     service_ms: Dist = constant(50.0)
+    content_factor: Mapping[str, float] = field(default_factory=dict)   # picture -> service multiplier
     cold_start_s: Dist = constant(10.0)
     hpa: HPASpec | None = None
     cpu_request: float = 1.0               # cores per pod, the base of Utilization targets
@@ -265,7 +266,8 @@ def _read_csv(path: Path, where: str, columns: tuple[str, ...]) -> list[dict[str
         raise ScenarioError(where, f"cannot read {path}: {exc.strerror}") from None
 
 
-def _camera_trace(path: Path, where: str) -> tuple[tuple[float, str, int], ...]:
+def _camera_trace(path: Path, where: str) -> tuple[tuple[float, str, int, str], ...]:
+    """(time_s, camera, bytes, content) rows; `content` (which picture, optional) is "" when absent."""
     rows = []
     last = -math.inf
     for line, row in enumerate(_read_csv(path, where, ("time_s", "camera", "bytes")), start=2):
@@ -276,7 +278,7 @@ def _camera_trace(path: Path, where: str) -> tuple[tuple[float, str, int], ...]:
         if time_s < last or size <= 0 or not math.isfinite(time_s):
             raise ScenarioError(where, f"{path.name} line {line}: times must be sorted and bytes > 0")
         last = time_s
-        rows.append((time_s, row["camera"], size))
+        rows.append((time_s, row["camera"], size, (row.get("content") or "").strip()))
     if not rows:
         raise ScenarioError(where, f"{path.name} has no rows")
     return tuple(rows)
@@ -314,8 +316,9 @@ def _wan(raw: Any, base_dir: Path) -> WanSpec:
 def _pool(raw: Any, name: str, base_dir: Path) -> PoolSpec:
     if raw is None:
         raise ScenarioError(name, "is required (a pool: replicas, workers, service_ms, ...)")
-    fields = _Fields(raw, name, {"replicas", "workers", "queue", "queue_capacity", "service_ms", "cold_start_s",
-                                 "hpa", "cpu_request", "cpu_per_worker", "price_per_pod_hour", "power_w", "model"})
+    fields = _Fields(raw, name, {"replicas", "workers", "queue", "queue_capacity", "service_ms", "content_factor",
+                                 "cold_start_s", "hpa", "cpu_request", "cpu_per_worker", "price_per_pod_hour",
+                                 "power_w", "model"})
     power = _Fields(raw.get("power_w") or {}, f"{name}.power_w", {"idle", "busy"})
     idle_w = power.number("idle", 0.0, ge=0)
     capacity = raw.get("queue_capacity")
@@ -326,6 +329,7 @@ def _pool(raw: Any, name: str, base_dir: Path) -> PoolSpec:
         queue=fields.choice("queue", ("per-pod", "shared"), "per-pod"),  # type: ignore[arg-type]
         queue_capacity=capacity,
         service_ms=parse_dist(raw.get("service_ms", 50.0), f"{name}.service_ms", base_dir),
+        content_factor=_content_factor(raw.get("content_factor"), f"{name}.content_factor", base_dir),
         cold_start_s=parse_dist(raw.get("cold_start_s", 10.0), f"{name}.cold_start_s", base_dir, positive=False),
         hpa=_hpa(raw.get("hpa"), f"{name}.hpa", base_dir),
         cpu_request=fields.number("cpu_request", 1.0, gt=0), cpu_per_worker=fields.number("cpu_per_worker", 1.0, gt=0),
@@ -348,6 +352,29 @@ def _shared_cpu(raw: Any) -> SharedCpuSpec | None:
         if name in listed[:index]:
             raise ScenarioError(f"shared_cpu.pools[{index}]", f"{name!r} is listed twice")
     return SharedCpuSpec(cores=cores, pools=tuple(listed))
+
+
+def _content_factor(raw: Any, path: str, base_dir: Path) -> dict[str, float]:
+    """`content_factor`: {picture: multiplier} inline, or {file: PROFILE, key: dotted.key} naming such a
+    mapping in a profile. A frame's service draw is multiplied by its picture's factor (1 if unknown)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ScenarioError(path, "must be a mapping of picture -> factor, or {file, key}")
+    if "file" in raw:
+        _Fields(raw, path, {"file", "key"})
+        data: Any = load_profile(base_dir / str(raw["file"]), f"{path}.file")
+        for part in str(raw.get("key", "")).split("."):
+            data = data.get(part) if isinstance(data, Mapping) else None
+        if not isinstance(data, Mapping):
+            raise ScenarioError(f"{path}.key", f"{raw.get('key')!r} is not a mapping in {raw['file']}")
+        raw, path = data, f"{path}[{raw['file']}:{raw.get('key')}]"
+    factors = {}
+    for content, value in raw.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ScenarioError(f"{path}.{content}", f"must be a number > 0, got {value!r}")
+        factors[str(content)] = float(value)
+    return factors
 
 
 def _hpa(raw: Any, path: str, base_dir: Path) -> HPASpec | None:

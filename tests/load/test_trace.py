@@ -9,7 +9,7 @@ import pytest
 
 from edgeoffload.load.sample_video import sample_source
 from edgeoffload.load.trace import (TraceError, TraceSpec, diurnal_rate, generate, parse_trace, read_trace,
-                                    with_frame_sizes, write_trace)
+                                    with_frame_content, with_frame_sizes, write_trace)
 
 
 def _rate(spec: TraceSpec) -> float:
@@ -104,7 +104,9 @@ def test_file_round_trip(tmp_path: Path) -> None:
     ("time_s,camera,frame_index\n0.1,cam/0,0\n", ":2: camera must be"),
     ("time_s,camera,frame_index\n0.1,cam 0,0\n", ":2: camera must be"),
     ("time_s,camera,frame_index\nnan,cam0,0\n", ":2: time_s must be finite"),
-    ("time,cam,idx\n0.1,cam0,0\n", ":1: header must be time_s,camera,frame_index[,bytes]"),
+    ("time,cam,idx\n0.1,cam0,0\n", ":1: header must be time_s,camera,frame_index[,bytes[,content]]"),
+    ("time_s,camera,frame_index,bytes,content\n0.1,cam0,0,10,\n", ":2: content must be 1-64 printable"),
+    ("time_s,camera,frame_index,bytes,content\n0.1,cam0,0,10\n", ":2: expected 5 columns"),
     ("", "empty file"),
 ])
 def test_validation_errors_name_the_line(tmp_path: Path, body: str, message: str) -> None:
@@ -149,8 +151,10 @@ def test_cli_generates_a_readable_trace(tmp_path: Path, capsys: pytest.CaptureFi
     generated = generate(TraceSpec(kind="poisson", cameras=4, rate=5.0, duration_s=60.0, seed=1))
     assert [(e.time_s, e.camera, e.frame_index) for e in trace] == [(e.time_s, e.camera, e.frame_index)
                                                                    for e in generated]
-    sample = sample_source()  # by default each row records the size of the frame the replay sends
+    sample = sample_source()  # by default each row records the size and picture of the frame the replay sends
     assert all(e.frame_bytes == len(sample.frame(e.camera, e.frame_index)) for e in trace)
+    assert all(e.content == f"frame-{sample.index(e.camera, e.frame_index)}" for e in trace)
+    assert out.read_text().splitlines()[0] == "time_s,camera,frame_index,bytes,content"
     assert trace_module.run(parser.parse_args(["info", str(out)])) == 0
     assert "4 camera(s)" in capsys.readouterr().out
     unsized = tmp_path / "unsized.csv"
@@ -169,4 +173,12 @@ def test_sized_trace_drives_the_simulator_too(tmp_path: Path) -> None:
     pool = {"replicas": 1, "workers": 1, "service_ms": 50}
     scenario = load_scenario({"name": "replayed", "duration_s": 10, "edge": pool, "cloud": pool,
                               "cameras": [{"name": "replayed", "trace": "trace.csv"}]}, base_dir=tmp_path)
-    assert scenario.cameras[0].trace == tuple((e.time_s, e.camera, e.frame_bytes) for e in trace)
+    assert scenario.cameras[0].trace == tuple((e.time_s, e.camera, e.frame_bytes, "") for e in trace)
+    pictured = with_frame_content(trace, lambda camera, index: f"pic-{index % 3}")
+    write_trace(pictured, tmp_path / "pictured.csv")
+    assert read_trace(tmp_path / "pictured.csv") == pictured
+    scenario = load_scenario({"name": "replayed", "duration_s": 10, "edge": pool, "cloud": pool,
+                              "cameras": [{"name": "replayed", "trace": "pictured.csv"}]}, base_dir=tmp_path)
+    assert scenario.cameras[0].trace == tuple((e.time_s, e.camera, e.frame_bytes, e.content) for e in pictured)
+    with pytest.raises(TraceError, match="content must be"):
+        with_frame_content(trace, lambda camera, index: "a,b")

@@ -94,3 +94,24 @@ def test_pod_samples_report_busy_fraction_and_in_flight() -> None:
     h.run_until(6.0)
     later, = h.pool.pod_samples(15.2, ["inflight"])
     assert later.ready and later.values["cpu"] == pytest.approx(0.1 * 0.5 / 15.0)   # 0.1 worker-s since 0.2 s
+
+
+@pytest.mark.parametrize("on_shared_cpu", [False, True])
+def test_content_factor_scales_each_pictures_service(on_shared_cpu: bool) -> None:
+    from edgeoffload.sim.pools import SharedCpu
+
+    heap: list = []
+    sequence = itertools.count()
+    done: dict[int, float] = {}
+    cpu = SharedCpu(8.0, heap, sequence) if on_shared_cpu else None
+    pool = make_pool(PoolSpec(name="p", workers=4, content_factor={"cat": 2.0, "rocket": 0.5}), heap, sequence,
+                     lambda: 40.0, lambda frame, end: done.__setitem__(frame.frame_id, frame.service), cpu)
+    pool.make_ready(pool.add_pod(0.0), 0.0)
+    for frame_id, picture in enumerate(["cat", "rocket", "unknown", ""]):
+        frame = Frame("cam", frame_id, 0.0, 1, None)
+        frame.content = picture
+        assert pool.arrive(frame, 0.0) is None
+    while heap:
+        _, _, handler, arg = heapq.heappop(heap)
+        handler(arg)
+    assert done == pytest.approx({0: 0.080, 1: 0.020, 2: 0.040, 3: 0.040})   # unknown pictures cost the mean

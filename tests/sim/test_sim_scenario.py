@@ -35,6 +35,10 @@ from conftest import SCENARIOS, merged
     ({"wan": {"trace": "missing.csv"}}, r"^wan\.trace: cannot read"),
     ({"observer": {"ewma_alpha": 2}}, r"^observer\.ewma_alpha: must be <= 1"),
     ({"observer": {"cloud_rtt_ms": -1}}, r"^observer\.cloud_rtt_ms: must be >= 0"),
+    ({"edge": {"content_factor": [1, 2]}}, r"^edge\.content_factor: must be a mapping"),
+    ({"edge": {"content_factor": {"cat": 0}}}, r"^edge\.content_factor\.cat: must be a number > 0"),
+    ({"edge": {"content_factor": {"file": "missing.json", "key": "content_factor"}}},
+     r"^edge\.content_factor\.file: cannot read profile"),
     ({"observer": {"cloud_uplink_mbps": 0}}, r"^observer\.cloud_uplink_mbps: must be > 0"),
     ({"shared_cpu": 1.4}, r"^shared_cpu: must be a mapping"),
     ({"shared_cpu": {"pools": ["edge"]}}, r"^shared_cpu\.cores: is required"),
@@ -56,6 +60,18 @@ def test_shared_cpu_is_optional_and_defaults_to_both_pools(raw_small) -> None:
     assert both == SharedCpuSpec(cores=1.4, pools=("edge", "cloud"))
     cloud = load_scenario(merged(raw_small, {"shared_cpu": {"cores": 2, "pools": ["cloud"]}})).shared_cpu
     assert cloud == SharedCpuSpec(cores=2.0, pools=("cloud",))
+
+
+def test_content_factor_inline_or_from_a_profile(raw_small, tmp_path: Path) -> None:
+    assert load_scenario(raw_small).edge.content_factor == {}
+    inline = load_scenario(merged(raw_small, {"edge": {"content_factor": {"cat": 1.5, "7": 0.5}}}))
+    assert inline.edge.content_factor == {"cat": 1.5, "7": 0.5}
+    (tmp_path / "profile.json").write_text('{"content_factor": {"frame-1": 1.8, "frame-2": 0.6}}')
+    raw = merged(raw_small, {"cloud": {"content_factor": {"file": "profile.json", "key": "content_factor"}}})
+    assert load_scenario(raw, base_dir=tmp_path).cloud.content_factor == {"frame-1": 1.8, "frame-2": 0.6}
+    with pytest.raises(ScenarioError, match=r"^cloud\.content_factor\.key: 'edge' is not a mapping"):
+        load_scenario(merged(raw_small, {"cloud": {"content_factor": {"file": "profile.json", "key": "edge"}}}),
+                      base_dir=tmp_path)
 
 
 def test_missing_pool_and_bad_trace_rows(raw_small, tmp_path: Path) -> None:
