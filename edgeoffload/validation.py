@@ -88,6 +88,7 @@ class ValidationSetup:
     profile_under_load: bool = True        # service times under the trace's offered rate (else sequential)
     calibration_replay: bool = True        # service times from a held-out replay (same spec, another seed)
     content_cost: bool = True              # each picture's relative inference cost (profile_from_records)
+    calibration_length: float = 2.0        # calibration replay duration / evaluated trace duration
     shared_cpu: bool = True                # model the two sites slowing each other on this machine (contention.py)
     warmup_s: float = 5.0
     sim_seeds: int = 5
@@ -387,8 +388,10 @@ def in_run_profile(records: list[FrameRecord], profile: Profile, shared_cpu: boo
 
 def calibration_trace(setup: ValidationSetup) -> TraceSpec:
     """The calibration workload: the experiment's trace spec with arrivals of another seed, so the
-    evaluated trace is never seen while fitting."""
-    return replace(setup.trace, seed=setup.trace.seed + 2000)
+    evaluated trace is never seen while fitting, `calibration_length` times as long (the few
+    offloaded frames are the scarce samples)."""
+    return replace(setup.trace, seed=setup.trace.seed + 2000,
+                   duration_s=setup.trace.duration_s * setup.calibration_length)
 
 
 def calibrate(setup: ValidationSetup, testbed: "Testbed", frames: CyclicFrames, profile: Profile, out: Path,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -14,7 +15,8 @@ from edgeoffload.load.trace import TraceSpec, generate, write_trace
 from edgeoffload.local import SiteOptions, hpa_for
 from edgeoffload.profile import Profile, RequestSample, SiteMeasurement, WanEstimate
 from edgeoffload.records import read_records
-from edgeoffload.validation import (PREPROCESSOR_QUEUE, ValidationSetup, breakdown, observer_from_state,
+from edgeoffload.validation import (PREPROCESSOR_QUEUE, ValidationSetup, breakdown, calibration_trace,
+                                    observer_from_state,
                                     profile_from_records, profile_load, run_validation, sent_sizes, simulated_scenario,
                                     local_options, with_offset)
 from test_contention import records_like_the_testbed
@@ -128,6 +130,14 @@ def test_profile_load_is_the_traces_offered_rate_with_other_arrivals() -> None:
     assert load is not None and load.fps == pytest.approx(len(trace) / 60.0)
     assert load.fps == pytest.approx(5.0, rel=0.2) and load.seed != spec.seed
     assert profile_load(ValidationSetup(trace=spec, profile_under_load=False), trace) is None
+
+
+def test_calibration_trace_has_other_arrivals_and_is_longer() -> None:
+    setup = ValidationSetup(trace=TraceSpec(kind="poisson", cameras=2, rate=2.5, duration_s=60.0, seed=7))
+    spec = calibration_trace(setup)
+    assert spec.seed != setup.trace.seed and spec.duration_s == 120.0
+    assert (spec.kind, spec.cameras, spec.rate) == ("poisson", 2, 2.5)
+    assert calibration_trace(dataclasses.replace(setup, calibration_length=1.0)).duration_s == 60.0
 
 
 def test_offset_adds_latency_and_rejudges_deadlines() -> None:
