@@ -5,11 +5,14 @@
        under open-loop background load at the trace's offered rate (BEFORE the replay, with
        other arrivals: fitting on the evaluated run's own records would be circular), and time
        a replica's cold start;
-    3. replay the trace open-loop (edgeoffload.load.replay, in a process of its own), sampling
-       the replica counts;
-    4. simulate the same trace (trace-driven cameras with the bytes the preprocessor really
-       sends) with the fitted profile, the same policy, queue bounds and HPA, for a few seeds;
-    5. compare with edgeoffload.analysis: latency p50/p95, edge/cloud split, drops, per-site
+    3. calibrate on a held-out replay (same spec, other seed, longer): service times, the two
+       sites' CPU contention (edgeoffload.contention) and each picture's relative cost;
+    4. read the preprocessor's estimates, then replay the trace open-loop
+       (edgeoffload.load.replay, in a process of its own), sampling the replica counts;
+    5. simulate the same trace (trace-driven cameras with the bytes and pictures the
+       preprocessor really sends) with the calibrated profile, the same policy, queue bounds,
+       HPA and starting estimates, for a few seeds;
+    6. compare with edgeoffload.analysis: latency p50/p95, edge/cloud split, drops, per-site
        time breakdown and replica timelines.
 
 The simulator's modelling choices that the testbed does not share are listed in
