@@ -76,10 +76,10 @@ def _covered(start: float, end: float, intervals: list[tuple[float, float]]) -> 
     return min(covered, end - start)
 
 
-def estimate(records: Sequence[FrameRecord], cloud_return_ms: float, min_frames: int = MIN_FRAMES) -> Contention | None:
-    """The slow-down from the edge's frames computed alone vs overlapped; None when either kind
-    has fewer than `min_frames` frames (or overlapping made nothing slower)."""
-    shares = overlap_shares(records, cloud_return_ms)
+def estimate(records: Sequence[FrameRecord], shares: Sequence[float], min_frames: int = MIN_FRAMES) -> Contention | None:
+    """The slow-down from the edge's frames computed alone vs overlapped (`shares` as given by
+    overlap_shares); None when either kind has fewer than `min_frames` frames (or overlapping
+    made nothing slower)."""
     edge = [(r.t_inference_ms, share) for r, share in zip(records, shares) if r.site == "edge" and r.status == "ok"]
     solo = [ms for ms, share in edge if share < SOLO_BELOW]
     overlapped = [ms for ms, share in edge if share > OVERLAPPED_ABOVE]

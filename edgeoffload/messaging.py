@@ -217,9 +217,9 @@ class Publisher(_Endpoint):
         self._online_status = online_status
         self._connection = _Connection()
         self._lock = threading.Condition()
-        self._pending: set[int] = set()
+        # mid -> (topic, payload) of a record to keep once acknowledged, None for other messages
+        self._pending: dict[int, tuple[str, bytes] | None] = {}
         self._acked_early: set[int] = set()
-        self._unacked_records: dict[int, tuple[str, bytes]] = {}       # mid -> (topic, payload)
         self._acked_records: deque[tuple[float, str, bytes]] = deque()  # (acked at, topic, payload)
         self._lost_at: float | None = None   # when the connection was lost, until the next connect
         self._stats = PublisherStats()
@@ -285,9 +285,7 @@ class Publisher(_Endpoint):
                 if keep:
                     self._keep_acked(topic, body)
             else:
-                self._pending.add(info.mid)
-                if keep:
-                    self._unacked_records[info.mid] = (topic, body)
+                self._pending[info.mid] = (topic, body) if keep else None
             return True
 
     def _keep_acked(self, topic: str, payload: bytes) -> None:
@@ -354,11 +352,10 @@ class Publisher(_Endpoint):
                 log.warning("MQTT broker refused message %d: %s", mid, reason_code)
             else:
                 self._stats.acked += 1
-            kept = self._unacked_records.pop(mid, None)
-            if kept is not None and not reason_code.is_failure:
-                self._keep_acked(*kept)
             if mid in self._pending:
-                self._pending.discard(mid)
+                kept = self._pending.pop(mid)
+                if kept is not None and not reason_code.is_failure:
+                    self._keep_acked(*kept)
                 if not self._pending:
                     self._lock.notify_all()
             else:  # acknowledged before publish() got to record the mid

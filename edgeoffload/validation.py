@@ -336,8 +336,8 @@ def profile_from_records(records: list[FrameRecord], profile: Profile, method: s
     runs of a costly picture are slow together, as on the testbed."""
     data = profile.to_dict()
     return_ms = statistics.median(profile.wan.rtt_ms) / 2 if profile.wan.rtt_ms else 0.0
-    measured = contention.estimate(records, return_ms) if shared_cpu else None
     shares = contention.overlap_shares(records, return_ms)
+    measured = contention.estimate(records, shares) if shared_cpu else None
 
     def alone(ms: float, share: float) -> float:
         return round(ms if measured is None else contention.work_ms(ms, share, measured.speed), 3)

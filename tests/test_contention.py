@@ -48,7 +48,8 @@ def test_overlap_share_is_the_part_of_model_time_the_other_site_computed() -> No
 
 
 def test_estimate_compares_edge_frames_alone_and_overlapped() -> None:
-    measured = estimate(records_like_the_testbed(), cloud_return_ms=20.0)
+    records = records_like_the_testbed()
+    measured = estimate(records, overlap_shares(records, cloud_return_ms=20.0))
     assert measured == Contention(speed=pytest.approx(35 / 60), solo_ms=35.0, overlapped_ms=60.0,
                                   solo_frames=8, overlapped_frames=6)
     assert measured.cores == pytest.approx(2 * 35 / 60)
@@ -57,7 +58,7 @@ def test_estimate_compares_edge_frames_alone_and_overlapped() -> None:
 @pytest.mark.parametrize("records", [records_like_the_testbed(overlapped=4), records_like_the_testbed(solo=3),
                                      records_like_the_testbed(slow_ms=30.0)], ids=["few-overlapped", "few-solo", "not-slower"])
 def test_no_estimate_without_enough_evidence(records: list[FrameRecord]) -> None:
-    assert estimate(records, cloud_return_ms=20.0) is None
+    assert estimate(records, overlap_shares(records, cloud_return_ms=20.0)) is None
 
 
 def test_work_is_the_duration_at_full_speed() -> None:

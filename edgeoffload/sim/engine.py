@@ -205,9 +205,7 @@ class Simulation:
         frame_id = counters.get(name, 0)
         counters[name] = frame_id + 1
         deadline = None if group.deadline_ms is None else group.deadline_ms / 1000
-        frame = Frame(name, frame_id, self.now, size, deadline)
-        frame.content = content
-        self._emit(frame)
+        self._emit(Frame(name, frame_id, self.now, size, deadline, content))
 
     def _emit(self, frame: Frame) -> None:
         """Ask the policy with the preprocessor's current view, then send the frame."""

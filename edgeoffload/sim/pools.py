@@ -33,7 +33,8 @@ class Frame:
     __slots__ = ("camera", "frame_id", "captured", "size", "deadline_s", "arrived", "started", "service",
                  "uplink_s", "up_s", "down_s", "pod", "reason", "content")
 
-    def __init__(self, camera: str, frame_id: int, captured: float, size: int, deadline_s: float | None) -> None:
+    def __init__(self, camera: str, frame_id: int, captured: float, size: int, deadline_s: float | None,
+                 content: str = "") -> None:
         self.camera = camera
         self.frame_id = frame_id
         self.captured = captured
@@ -43,7 +44,7 @@ class Frame:
         self.uplink_s = self.up_s = self.down_s = 0.0   # uplink wait + serialisation, propagation up/down
         self.pod: Pod | None = None
         self.reason = ""
-        self.content = ""                # which picture (trace `content`): scales the service draw
+        self.content = content           # which picture (trace `content`): scales the service draw
 
 
 class Pod:
@@ -229,9 +230,7 @@ class Pool:
     def _start(self, pod: Pod, frame: Frame, now: float) -> None:
         pod.idle -= 1
         pod._change_busy(now, 1)
-        service = self._service_ms() / 1000.0
-        if self._content_factor:
-            service *= self._content_factor.get(frame.content, 1.0)
+        service = self._work_s(frame)
         frame.pod, frame.started, frame.service = pod, now, service
         heapq.heappush(self._heap, (now + service, next(self._seq), self._complete, frame))
 
@@ -241,10 +240,12 @@ class Pool:
         pod._change_busy(now, 1)
         frame.pod, frame.started = pod, now
         assert self.shared_cpu is not None
+        self.shared_cpu.start(frame, self._work_s(frame), self.spec.cpu_per_worker, now, self._complete)
+
+    def _work_s(self, frame: Frame) -> float:
+        """A service draw for `frame` (seconds at full speed), scaled by its picture's factor."""
         work = self._service_ms() / 1000.0
-        if self._content_factor:
-            work *= self._content_factor.get(frame.content, 1.0)
-        self.shared_cpu.start(frame, work, self.spec.cpu_per_worker, now, self._complete)
+        return work * self._content_factor.get(frame.content, 1.0) if self._content_factor else work
 
     def _complete(self, frame: Frame) -> None:
         raise NotImplementedError
