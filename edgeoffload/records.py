@@ -61,6 +61,7 @@ class FrameRecord:
     t_inference_ms: float = 0.0
     t_total_ms: float = 0.0
     deadline_met: bool | None = None
+    replica: str = ""             # the replica (pod name, local replica id) that answered; "" if none
 
     def to_dict(self) -> dict[str, Any]:
         raw = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -106,7 +107,8 @@ class FrameRecord:
                 t_network_ms=_finite(raw.get("t_network_ms", 0.0), "t_network_ms"),
                 t_inference_ms=_finite(raw.get("t_inference_ms", 0.0), "t_inference_ms"),
                 t_total_ms=_finite(raw.get("t_total_ms", 0.0), "t_total_ms"),
-                deadline_met=None if deadline is None else bool(deadline))
+                deadline_met=None if deadline is None else bool(deadline),
+                replica=_short_text(raw.get("replica"), "replica"))
         except (TypeError, ValueError, OverflowError) as exc:
             raise ValueError(f"invalid record: {exc}") from exc
 
@@ -143,6 +145,15 @@ def _count(value: Any, name: str) -> int:
         raise ValueError(f"field {name!r} must be an integer, got {type(value).__name__}")
     if not 0 <= value <= MAX_INT64:
         raise ValueError(f"field {name!r} must be between 0 and 2**63-1, got {value}")
+    return value
+
+
+def _short_text(value: Any, name: str, limit: int = 253) -> str:
+    """An optional name (a pod name is at most 253 characters); absent or null is ""."""
+    if value is None:
+        return ""
+    if not isinstance(value, str) or len(value) > limit:
+        raise ValueError(f"field {name!r} must be a string of at most {limit} characters")
     return value
 
 
@@ -255,6 +266,7 @@ def _arrow_schema() -> Any:
         ("policy", pa.string()), ("model", pa.string()), ("detections", pa.string()),
         ("bytes_sent", pa.int64()), ("t_queue_ms", pa.float64()), ("t_network_ms", pa.float64()),
         ("t_inference_ms", pa.float64()), ("t_total_ms", pa.float64()), ("deadline_met", pa.bool_()),
+        ("replica", pa.string()),
     ])
 
 

@@ -20,7 +20,17 @@ def sample(frame_id: int = 1, **changes: object) -> FrameRecord:
 def test_schema_has_the_documented_fields_in_order() -> None:
     assert FIELD_NAMES == ("camera", "frame_id", "captured_at", "site", "status", "reason", "policy",
                            "model", "detections", "bytes_sent", "t_queue_ms", "t_network_ms",
-                           "t_inference_ms", "t_total_ms", "deadline_met")
+                           "t_inference_ms", "t_total_ms", "deadline_met", "replica")
+
+
+def test_records_written_before_the_replica_field_read_with_an_empty_replica(tmp_path) -> None:
+    legacy = tmp_path / "old.csv"
+    legacy.write_text("camera,frame_id,captured_at,site,status\ncam,3,1.5,edge,ok\n", encoding="utf-8")
+    (record,) = read_records(legacy)
+    assert (record.frame_id, record.replica) == (3, "")
+    assert FrameRecord.from_dict({**sample().to_dict(), "replica": "edge-inference-7d9f-x2"}).replica == "edge-inference-7d9f-x2"
+    with pytest.raises(ValueError, match="replica"):
+        FrameRecord.from_dict({**sample().to_dict(), "replica": "x" * 300})
 
 
 def test_json_round_trip() -> None:
