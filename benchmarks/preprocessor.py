@@ -132,7 +132,7 @@ def end_to_end(frames: list[bytes], count: int, broker, workdir: Path) -> tuple[
                                              "INFER_QUEUE_BOUND": "16"}, workers=1, threads=4)
     env = {"PRE_EDGE_URL": inference.url, "PRE_CLOUD_URL": inference.url, "PRE_POLICY": "min-latency",
            "PRE_MQTT_HOST": broker.host, "PRE_MQTT_PORT": str(broker.port),
-           "PRE_MQTT_PASSWORD": broker.users["preprocessor"], "PRE_QUEUE_SIZE": "64", "PRE_WORKERS_PER_SITE": "2",
+           "PRE_MQTT_PASSWORD": broker.users["preprocessor"], "PRE_QUEUE_SIZE": "64", "PRE_EDGE_REPLICA_CONCURRENCY": "2", "PRE_CLOUD_REPLICA_CONCURRENCY": "2",
            "PRE_DEADLINE_MS": "1000", "MALLOC_MMAP_THRESHOLD_": "67108864", "MALLOC_TRIM_THRESHOLD_": "268435456"}
     pre = start_unit("preprocessor", env=env, workers=1, threads=4)
     sink = RecordSink(broker)

@@ -2,8 +2,13 @@
 
 For every frame: build an Observation from live measurements of both sites, ask the policy,
 put the frame on the chosen site's bounded queue (the oldest frame is dropped when it is
-full), send it from a dispatcher thread over a keep-alive HTTP connection, fail over to the
-other site once if the chosen one errors or times out, and emit exactly one FrameRecord.
+full), send it to the least-loaded ready replica of that site (edgeoffload.balance, fed by
+edgeoffload.discovery) over a keep-alive connection to that replica, try another replica of
+the site once if that one refuses or is gone, fail over to the other site once if the site
+errors or times out, and emit exactly one FrameRecord.
+
+A site's concurrency is its ready replicas x `per_replica` (the inference unit's admission
+bound), so it follows the HPA; the policy sees the ready count as `SiteState.replicas`.
 
 Every time is taken from one monotonic clock in this process: t_total_ms runs from the
 frame's arrival to its answer; t_inference_ms is what the inference unit reports;
@@ -14,17 +19,23 @@ simulator reports.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import threading
 import time
 from collections import deque
+import queue as queue_module
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
+from edgeoffload.balance import Balancer, Lease
+from edgeoffload.discovery import Replica, ReplicaSource, StaticReplicas
 from edgeoffload.estimate import DEFAULT_ALPHA, DEFAULT_PROBE_INTERVAL_S, SiteEstimator
 from edgeoffload.policy import Observation, Policy, SiteState
 from edgeoffload.records import Detection, FrameRecord
@@ -47,9 +58,10 @@ class SiteConfig:
 
     name: str
     url: str
-    replicas: int = 1
+    replicas: int = 1                  # replicas assumed behind a static URL (discovery counts them)
     queue_size: int = 8
-    workers: int = 2
+    per_replica: int = 4               # requests at once per ready replica (the unit's admission bound)
+    max_in_flight: int = 256           # requests at once per site, whatever the replicas
     timeout_s: float = 5.0
     service_s: float = 0.08
     rtt_s: float = 0.0
@@ -61,7 +73,7 @@ class SiteConfig:
             raise ValueError(f"site name must be edge or cloud, got {self.name!r}")
         if not self.url.startswith(("http://", "https://")):
             raise ValueError(f"{self.name} url must start with http:// or https://, got {self.url!r}")
-        for name in ("replicas", "queue_size", "workers"):
+        for name in ("replicas", "queue_size", "per_replica", "max_in_flight"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{self.name} {name} must be >= 1")
         if not self.timeout_s > 0:
@@ -86,6 +98,11 @@ class SiteMonitor:
         self.answered = 0
         self.failed = 0
         self.last_error = ""
+        self.replicas = config.replicas
+
+    def set_replicas(self, ready: int) -> None:
+        with self._lock:
+            self.replicas = ready
 
     def reserve(self) -> None:
         with self._lock:
@@ -115,7 +132,7 @@ class SiteMonitor:
 
     def snapshot(self) -> SiteState:
         with self._lock:
-            return self._estimate.state(self.config.replicas)
+            return self._estimate.state(self.replicas)
 
     def describe(self) -> dict[str, Any]:
         state = asdict(self.snapshot())
@@ -134,6 +151,7 @@ class InferenceAnswer:
     detections: tuple[Detection, ...]
     inference_s: float
     queue_s: float = 0.0   # time the request waited inside the unit before inference started
+    replica: str = ""      # the replica that answered, as it names itself
 
 
 class InferenceFailure(Exception):
@@ -154,39 +172,46 @@ def new_session(pool_size: int = 1) -> requests.Session:
     return session
 
 
-def post_frame(session: requests.Session, base_url: str, payload: bytes, timeout_s: float,
+def post_frame(pool: urllib3.HTTPConnectionPool, path: str, payload: bytes, timeout_s: float,
                content_type: str = "image/jpeg") -> InferenceAnswer:
-    """POST one encoded frame to a site's /infer and parse its answer (boxes in sent pixels)."""
+    """POST one encoded frame to `path` (a replica's /infer) on `pool`; boxes are in sent pixels."""
     try:
-        response = session.post(base_url.rstrip("/") + "/infer", data=payload,
-                                headers={"Content-Type": content_type}, timeout=timeout_s)
-    except requests.Timeout:
+        response = pool.urlopen("POST", path, body=payload, headers={"Content-Type": content_type},
+                                timeout=urllib3.Timeout(total=timeout_s), retries=False, redirect=False)
+    except urllib3.exceptions.NewConnectionError:   # a ConnectTimeoutError subclass: test it first
+        raise InferenceFailure("connection", "connection refused", retryable=True) from None
+    except urllib3.exceptions.TimeoutError:
         raise InferenceFailure("timeout", f"no answer within {timeout_s:g}s", retryable=True) from None
-    except requests.RequestException as exc:
+    except urllib3.exceptions.HTTPError as exc:
         raise InferenceFailure("connection", type(exc).__name__, retryable=True) from None
-    if response.status_code != 200:
-        detail = _error_detail(response)
+    if response.status != 200:
         # 503 (overloaded/not ready) and other 5xx are the site's problem; 4xx is the frame's.
-        retryable = response.status_code >= 500
-        raise InferenceFailure(f"http_{response.status_code}", detail, retryable=retryable)
+        raise InferenceFailure(f"http_{response.status}", _error_detail(response.data),
+                               retryable=response.status >= 500)
     try:
-        body = response.json()
+        body = json.loads(response.data)
         detections = tuple(Detection.from_dict(d) for d in body.get("detections", []))
         return InferenceAnswer(model=str(body.get("model", "")), detections=detections,
                                inference_s=max(0.0, float(body["inference_ms"])) / 1000.0,
-                               queue_s=max(0.0, float(body.get("queue_ms", 0.0))) / 1000.0)
+                               queue_s=max(0.0, float(body.get("queue_ms", 0.0))) / 1000.0,
+                               replica=str(body.get("replica", ""))[:253])
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise InferenceFailure("bad_response", str(exc)[:200], retryable=True) from None
 
 
-def _error_detail(response: requests.Response) -> str:
+def infer_path(url: str) -> str:
+    """The /infer path under a base URL (which may carry a path prefix, e.g. behind an ingress)."""
+    return urlsplit(url).path.rstrip("/") + "/infer"
+
+
+def _error_detail(data: bytes) -> str:
     try:
-        body = response.json()
+        body = json.loads(data)
         if isinstance(body, dict) and "error" in body:
             return str(body["error"])[:200]
     except ValueError:
         pass
-    return response.text[:200]
+    return data[:200].decode("utf-8", errors="replace")
 
 
 @dataclass(eq=False)
@@ -203,6 +228,7 @@ class FrameJob:
     content_type: str = "image/jpeg"
     site: str = ""                     # the site whose queue/worker holds it
     failover_from: str = ""
+    replica_retried: bool = False      # already re-sent to another replica of the same site
     bytes_sent: int = 0
     record: FrameRecord | None = None
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -256,7 +282,55 @@ class SiteQueue:
             return len(self._items)
 
 
+class Senders:
+    """Daemon threads that send requests, one more started whenever every one is busy (the
+    dispatcher admits at most the site's concurrency, so that bounds the threads too).
+
+    Not a ThreadPoolExecutor: the preprocessor drains its frames in an atexit handler, and
+    Python shuts executors down (refusing new work) before atexit handlers run.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._tasks: queue_module.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]] | None] = \
+            queue_module.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._threads: list[threading.Thread] = []
+
+    def submit(self, task: Callable[..., None], *args: Any) -> None:
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+            else:
+                thread = threading.Thread(target=self._run, daemon=True, name=f"{self.name}-{len(self._threads)}")
+                self._threads.append(thread)
+                thread.start()
+        self._tasks.put((task, args))
+
+    def _run(self) -> None:
+        while (item := self._tasks.get()) is not None:
+            task, args = item
+            try:
+                task(*args)
+            except Exception:  # a bug in one send must not take the thread (and its slot) down
+                log.exception("%s: send failed", self.name)
+            with self._lock:
+                self._idle += 1
+
+    def close(self, timeout_s: float) -> None:
+        """Let queued sends finish, then end every thread (waiting at most `timeout_s`)."""
+        with self._lock:
+            threads = list(self._threads)
+        for _ in threads:
+            self._tasks.put(None)
+        deadline = time.monotonic() + timeout_s
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
 RecordSink = Callable[[FrameRecord], None]
+SAME_SITE_RETRY = ("connection", "http_503")   # this replica cannot take the frame; another may
 
 
 class Offloader:
@@ -269,11 +343,18 @@ class Offloader:
 
     def __init__(self, policy: Policy, edge: SiteConfig, cloud: SiteConfig, sink: RecordSink,
                  ewma_alpha: float = DEFAULT_ALPHA, health_interval_s: float = DEFAULT_PROBE_INTERVAL_S, drop_expired: bool = False,
-                 on_decision: Callable[[str], None] | None = None) -> None:
+                 on_decision: Callable[[str], None] | None = None,
+                 sources: Mapping[str, ReplicaSource] | None = None) -> None:
         self.policy = policy
         self.configs = {EDGE: edge, CLOUD: cloud}
         self.monitors = {name: SiteMonitor(cfg, ewma_alpha) for name, cfg in self.configs.items()}
         self.queues = {name: SiteQueue(cfg.queue_size) for name, cfg in self.configs.items()}
+        self.sources: dict[str, ReplicaSource] = {name: StaticReplicas(cfg.url, cfg.replicas)
+                                                  for name, cfg in self.configs.items()}
+        self.sources.update(sources or {})
+        self.balancers = {name: Balancer(cfg.per_replica, assumed=cfg.replicas, max_in_flight=cfg.max_in_flight)
+                          for name, cfg in self.configs.items()}
+        self._senders = {name: Senders(f"send-{name}") for name, cfg in self.configs.items()}
         self._sink = sink
         self._on_decision = on_decision
         self._policy_lock = threading.Lock()
@@ -286,9 +367,9 @@ class Offloader:
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> "Offloader":
-        for name, cfg in self.configs.items():
-            for index in range(cfg.workers):
-                self._spawn(f"dispatch-{name}-{index}", self._dispatch_loop, name)
+        for name, source in self.sources.items():
+            source.start(lambda replicas, site=name: self._replicas_changed(site, replicas))
+            self._spawn(f"dispatch-{name}", self._dispatch_loop, name)
         if self._health_interval_s > 0:
             self._spawn("site-health", self._health_loop)
         return self
@@ -307,8 +388,24 @@ class Offloader:
                 self.monitors[name].release()
                 self._finish(job, "dropped", name, "shutdown")
             queue.close()
+            self.balancers[name].wake()
         for thread in self._threads:
             thread.join(timeout=max(cfg.timeout_s for cfg in self.configs.values()) + 1)
+        for name in self.configs:
+            self._senders[name].close(timeout_s=2 * self.configs[name].timeout_s + 1)  # requests in flight end
+            self.sources[name].stop()
+            self.balancers[name].close()
+
+    def _replicas_changed(self, site: str, replicas: tuple[Replica, ...]) -> None:
+        """The site's source reported its ready replicas: balance over them, tell the policy."""
+        source, balancer, monitor = self.sources[site], self.balancers[site], self.monitors[site]
+        static = source.kind == "static"
+        balancer.update(replicas, static=static)
+        monitor.set_replicas(balancer.ready)
+        if not static:
+            monitor.set_ready(bool(replicas), "no ready replicas")
+        log.info("%s: %d ready replica(s)%s", site, balancer.ready,
+                 "" if static else ": " + ", ".join(r.name for r in replicas))
 
     def wait_idle(self, timeout: float) -> bool:
         """True once every submitted frame has its record."""
@@ -366,36 +463,52 @@ class Offloader:
 
     # -- dispatch --------------------------------------------------------------------------
     def _dispatch_loop(self, site: str) -> None:
-        config, monitor, queue = self.configs[site], self.monitors[site], self.queues[site]
-        session = new_session()
-        try:
-            while (job := queue.get()) is not None:
-                if self._drop_expired and job.deadline_s is not None and \
-                        time.monotonic() - job.arrived > job.deadline_s:
-                    monitor.release()
-                    self._finish(job, "dropped", site, "deadline_expired")
-                    continue
-                self._serve(job, site, config, monitor, session)
-        finally:
-            session.close()
+        """Take the site's frames in order; each waits for a free slot at a ready replica."""
+        monitor, queue, balancer = self.monitors[site], self.queues[site], self.balancers[site]
+        while (job := queue.get()) is not None:
+            if self._drop_expired and job.deadline_s is not None and time.monotonic() - job.arrived > job.deadline_s:
+                monitor.release()
+                self._finish(job, "dropped", site, "deadline_expired")
+                continue
+            lease = balancer.acquire(self._stopping)
+            if lease is None:
+                monitor.release()
+                if self._stopping.is_set():
+                    self._finish(job, "dropped", site, "shutdown")
+                else:
+                    self._on_failure(job, site, InferenceFailure("no_ready_replicas", "", retryable=True))
+                continue
+            self._senders[site].submit(self._serve, job, site, lease)
 
-    def _serve(self, job: FrameJob, site: str, config: SiteConfig, monitor: SiteMonitor,
-               session: requests.Session) -> None:
+    def _serve(self, job: FrameJob, site: str, lease: Lease) -> None:
+        """Send on `lease`; a refusal or 503 tries one other replica of the site before failing over."""
+        config, monitor, balancer = self.configs[site], self.monitors[site], self.balancers[site]
         sent_at = time.monotonic()
         job.bytes_sent += len(job.payload)
         try:
-            answer = post_frame(session, config.url, job.payload, config.timeout_s, job.content_type)
+            answer = post_frame(lease.pool, infer_path(lease.backend.url), job.payload, config.timeout_s,
+                                job.content_type)
         except InferenceFailure as failure:
+            balancer.release(lease, ok=False, refused=failure.kind == "connection")
+            if failure.kind in SAME_SITE_RETRY and not job.replica_retried and not self._stopping.is_set():
+                other = balancer.acquire(self._stopping, exclude=lease.backend)
+                if other is not None:
+                    job.replica_retried = True
+                    log.info("frame %s/%d: %s replica %s failed (%s), trying %s", job.camera, job.frame_id, site,
+                             lease.backend.name or lease.backend.url, failure, other.backend.name or other.backend.url)
+                    self._serve(job, site, other)
+                    return
             monitor.release()
             if failure.retryable:
                 monitor.record_failure(str(failure))
             self._on_failure(job, site, failure)
             return
+        balancer.release(lease, ok=True)
         network = max(0.0, time.monotonic() - sent_at - answer.inference_s - answer.queue_s)
         monitor.release()
         monitor.record_answer(answer.inference_s, network, len(job.payload))
         reason = f"failover:{job.failover_from}->{site}" if job.failover_from else ""
-        self._finish(job, "ok", site, reason, answer, network)
+        self._finish(job, "ok", site, reason, answer, network, replica=answer.replica or lease.backend.name)
 
     def _on_failure(self, job: FrameJob, site: str, failure: InferenceFailure) -> None:
         prefix = f"failover:{job.failover_from}->{site}; " if job.failover_from else ""
@@ -409,17 +522,19 @@ class Offloader:
         self._finish(job, "error", site, f"{prefix}{site}: {failure}"[:300])
 
     def _health_loop(self) -> None:
+        """Ready-probe sites behind a static URL; discovered sites are ready while a replica is."""
         session = new_session()
         try:
             while not self._stopping.wait(self._health_interval_s):
                 for name, config in self.configs.items():
-                    self.monitors[name].set_ready(*probe_ready(session, config.url))
+                    if self.sources[name].kind == "static":
+                        self.monitors[name].set_ready(*probe_ready(session, config.url))
         finally:
             session.close()
 
     # -- records out -----------------------------------------------------------------------
     def _finish(self, job: FrameJob, status: str, site: str, reason: str,
-                answer: InferenceAnswer | None = None, network_s: float = 0.0) -> None:
+                answer: InferenceAnswer | None = None, network_s: float = 0.0, replica: str = "") -> None:
         """Build the frame's one record, feed it to the policy and the sink (first call wins)."""
         if not job._claim.acquire(blocking=False):
             log.error("frame %s/%d finished twice (%s); second outcome ignored", job.camera, job.frame_id, status)
@@ -435,7 +550,8 @@ class Offloader:
             detections=tuple(Detection(d.label, d.score, job.to_original(d.box)) for d in answer.detections)
             if answer else (),
             bytes_sent=job.bytes_sent, t_queue_ms=max(0.0, total_ms - network_ms - inference_ms),
-            t_network_ms=network_ms, t_inference_ms=inference_ms, t_total_ms=total_ms, deadline_met=deadline_met)
+            t_network_ms=network_ms, t_inference_ms=inference_ms, t_total_ms=total_ms, deadline_met=deadline_met,
+            replica=replica)
         job.record = record
         try:
             with self._policy_lock:
@@ -452,12 +568,20 @@ class Offloader:
             if not self._open_jobs:
                 self._open_cond.notify_all()
 
+    @property
+    def open_frames(self) -> int:
+        """Frames accepted and without a record yet."""
+        with self._open_cond:
+            return self._open_jobs
+
     def state(self) -> dict[str, Any]:
         """JSON-friendly snapshot of both sites (what /api/state serves)."""
         sites = {}
         for name, monitor in self.monitors.items():
+            balancer = self.balancers[name]
             sites[name] = {**monitor.describe(), "queued": len(self.queues[name]),
-                           "queue_size": self.configs[name].queue_size}
+                           "queue_size": self.configs[name].queue_size, "concurrency": balancer.capacity,
+                           "discovery": self.sources[name].status(), "backends": balancer.describe()}
         with self._open_cond:
             open_jobs = self._open_jobs
         return {"policy": getattr(self.policy, "name", ""), "open_frames": open_jobs, **sites}
@@ -473,4 +597,4 @@ def probe_ready(session: requests.Session, base_url: str, timeout_s: float = 1.0
 
 
 __all__ = ["EDGE", "CLOUD", "identity_box", "SiteConfig", "SiteMonitor", "InferenceAnswer", "InferenceFailure", "FrameJob",
-           "SiteQueue", "Offloader", "post_frame", "probe_ready", "new_session"]
+           "SiteQueue", "Offloader", "post_frame", "infer_path", "probe_ready", "new_session"]

@@ -89,15 +89,20 @@ def test_network_time_excludes_the_units_own_queueing(monkeypatch: pytest.Monkey
     from edgeoffload import offload
 
     class FakeResponse:
-        status_code = 200
+        status = 200
+        data = b'{"model": "m", "detections": [], "inference_ms": 20.0, "queue_ms": 30.0, "replica": "edge-7"}'
 
-        @staticmethod
-        def json() -> dict[str, object]:
-            return {"model": "m", "detections": [], "inference_ms": 20.0, "queue_ms": 30.0}
-
-    class FakeSession:
-        def post(self, *args: object, **kwargs: object) -> FakeResponse:
+    class FakePool:
+        def urlopen(self, *args: object, **kwargs: object) -> FakeResponse:
             return FakeResponse()
 
-    answer = offload.post_frame(FakeSession(), "http://site", b"x", 1.0)  # type: ignore[arg-type]
+    answer = offload.post_frame(FakePool(), "/infer", b"x", 1.0)  # type: ignore[arg-type]
     assert answer.inference_s == pytest.approx(0.020) and answer.queue_s == pytest.approx(0.030)
+    assert answer.replica == "edge-7"
+
+
+def test_infer_path_keeps_a_base_path() -> None:
+    from edgeoffload.offload import infer_path
+
+    assert infer_path("http://edge-inference:8080") == "/infer"
+    assert infer_path("https://gw.example/cloud/") == "/cloud/infer"

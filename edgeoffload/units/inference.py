@@ -2,7 +2,8 @@
 
 Routes (KServe-v2-style health):
   POST /infer            JPEG/PNG body, Content-Type image/* ->
-                         {"model", "detections": [{"label", "score", "box": [x, y, w, h]}], "inference_ms", "queue_ms"}
+                         {"model", "detections": [{"label", "score", "box": [x, y, w, h]}], "inference_ms",
+                          "queue_ms", "replica"}
   GET  /v2/health/live   200 while the process is usable (503 if the model failed to load)
   GET  /v2/health/ready  200 once the model is loaded and has run once (warm-up), else 503
   GET  /metrics          Prometheus text format
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from dataclasses import dataclass, fields
@@ -67,13 +69,21 @@ class InferenceConfig:
     queue_bound: int = 4                    # requests admitted at once per worker process, more get 503
     instances: int = 0                      # detector instances per worker; 0 = min(queue_bound, $THREADS)
     warmup: bool = True                     # run once on a synthetic frame before reporting ready
+    replica_name: str = ""                  # named in every answer; default $HOSTNAME (the pod name)
+    # Capacity experiments on small machines ONLY: every inference lasts at least this long, the
+    # rest spent sleeping while holding its detector instance. Replicas that wait instead of
+    # compute are not CPU-bound, so on 2 cores they scale as replicas on machines of their own.
+    sleep_pad_ms: float = 0.0
 
     def __post_init__(self) -> None:
         if self.site not in SITES:
             raise ConfigError(f"{ENV_PREFIX}SITE: expected one of {', '.join(SITES)}, got {self.site!r}")
-        for name, low in (("max_body_bytes", 1), ("max_pixels", 1), ("queue_bound", 1), ("instances", 0)):
+        for name, low in (("max_body_bytes", 1), ("max_pixels", 1), ("queue_bound", 1), ("instances", 0),
+                          ("sleep_pad_ms", 0)):
             if getattr(self, name) < low:
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()}: must be >= {low}, got {getattr(self, name)}")
+        if len(self.replica_name) > 253:
+            raise ConfigError(f"{ENV_PREFIX}REPLICA_NAME: at most 253 characters")
 
     def detector_config(self) -> DetectorConfig:
         """The detector part, with errors renamed to the env var that holds the bad value."""
@@ -149,6 +159,8 @@ def create_app(config: InferenceConfig | None = None) -> Flask:
     holder = ModelHolder(config)
     admission = threading.BoundedSemaphore(config.queue_bound)
     site = config.site
+    replica = config.replica_name or os.environ.get("HOSTNAME") or socket.gethostname()
+    pad_s = config.sleep_pad_ms / 1000.0
     in_flight = metrics.INFERENCE_IN_FLIGHT.labels(site)
 
     def error(status: int, message: str, reason: str | None = None) -> tuple[Response, int]:
@@ -175,12 +187,15 @@ def create_app(config: InferenceConfig | None = None) -> Flask:
             with holder.pool.borrow() as detector:
                 started = time.perf_counter()
                 detections = detector.detect(image)
+                if pad_s and (rest := pad_s - (time.perf_counter() - started)) > 0:
+                    time.sleep(rest)
                 elapsed = time.perf_counter() - started
             metrics.INFERENCE_SECONDS.labels(site, holder.pool.name).observe(elapsed)
             # queue_ms: time in this unit from the whole body being read to inference starting
             # (decode, waiting for a model instance), so the caller can split its round trip.
             return jsonify(model=f"{site}/{holder.pool.name}", detections=[d.to_dict() for d in detections],
-                           inference_ms=round(elapsed * 1000.0, 3), queue_ms=round((started - admitted) * 1000.0, 3))
+                           inference_ms=round(elapsed * 1000.0, 3), queue_ms=round((started - admitted) * 1000.0, 3),
+                           replica=replica)
         except FrameError as exc:
             return error(400, str(exc), "bad_image")
         finally:
@@ -199,7 +214,7 @@ def create_app(config: InferenceConfig | None = None) -> Flask:
             return jsonify(error=f"model failed to load: {holder.error}"), 503
         if not holder.ready.is_set() or holder.pool is None:
             return jsonify(error="model loading"), 503
-        return jsonify(ready=True, model=f"{site}/{holder.pool.name}")
+        return jsonify(ready=True, model=f"{site}/{holder.pool.name}", replica=replica)
 
     @app.get("/metrics")
     def prometheus_metrics():

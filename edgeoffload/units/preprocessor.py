@@ -8,7 +8,7 @@ Routes:
                          published for an accepted frame), 413 too large, 415 not image/*.
   GET  /api/state        JSON snapshot of both sites as the policy sees them, queues, MQTT, sources
   GET  /v2/health/live   200 while the process runs
-  GET  /v2/health/ready  200 once the MQTT publisher is connected, else 503
+  GET  /v2/health/ready  200 while the record buffer has room for every open frame, else 503
   GET  /metrics          Prometheus text format
 Frames also come from built-in sources (PRE_SOURCES, see edgeoffload.sources).
 
@@ -30,6 +30,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 import numpy as np
 from flask import Flask, Response, jsonify, request
@@ -38,6 +39,8 @@ from werkzeug.exceptions import HTTPException
 from edgeoffload import metrics
 from edgeoffload.estimate import DEFAULT_ALPHA, DEFAULT_PROBE_INTERVAL_S
 from edgeoffload.config import ConfigError, load_config
+from edgeoffload.discovery import (EndpointSliceWatch, ReplicaSource, StaticReplicas, kubernetes_api_client,
+                                   pod_namespace, service_of)
 from edgeoffload.frames import DEFAULT_MAX_PIXELS, FrameError, decode, encode_jpeg, fit_within, is_image_type, letterbox
 from edgeoffload.messaging import MQTTSettings, Publisher
 from edgeoffload.offload import CLOUD, EDGE, Box, FrameJob, Offloader, SiteConfig, identity_box
@@ -48,6 +51,7 @@ from edgeoffload.sources import FrameSource, parse_sources, valid_camera
 ENV_PREFIX = "PRE_"
 UNIT = "preprocessor"
 MAX_FRAME_ID = 2**63 - 1
+DISCOVERY_KINDS = ("static", "kubernetes")
 log = logging.getLogger("edgeoffload.preprocessor")
 
 
@@ -66,9 +70,21 @@ class PreprocessorConfig:
     max_side: int = 640                      # downscale so the longer side fits (0 = keep size)
     input_size: tuple[int, int] | None = None  # letterbox to WxH instead (boxes mapped back)
     queue_size: int = 8                      # frames waiting per site; the oldest is dropped beyond
-    workers_per_site: int = 2                # dispatcher threads (concurrent requests) per site
     request_timeout_s: float = 5.0
-    edge_replicas: int = 1                   # ready replicas per site as the policy assumes them
+    # Where each site's replicas come from: "static" (the URL is all there is: a Service, one
+    # unit, a server elsewhere) or "kubernetes" (the ready endpoints of a Service, watched).
+    edge_discovery: str = "static"
+    cloud_discovery: str = "static"
+    edge_service: str = ""                   # Service to watch; default: the URL's host name
+    cloud_service: str = ""
+    namespace: str = ""                      # of those Services; default: this pod's namespace
+    kubeconfig: str | None = None            # outside a cluster: the API server to ask (local testbed)
+    # Requests at once per ready replica: the inference unit's admission bound (INFER_QUEUE_BOUND
+    # x its WORKERS). A site's concurrency is this x its ready replicas, so it follows the HPA.
+    edge_replica_concurrency: int = 4
+    cloud_replica_concurrency: int = 4
+    max_in_flight_per_site: int = 256        # requests at once per site, whatever the replicas
+    edge_replicas: int = 1                   # replicas assumed behind a static URL (discovery counts them)
     cloud_replicas: int = 1
     edge_service_ms: float = 80.0            # initial estimates, replaced by measurements
     cloud_service_ms: float = 80.0
@@ -98,7 +114,8 @@ class PreprocessorConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.jpeg_quality <= 100:
             raise ConfigError(f"{ENV_PREFIX}JPEG_QUALITY: must be 1..100, got {self.jpeg_quality}")
-        for name in ("queue_size", "workers_per_site", "edge_replicas", "cloud_replicas", "max_body_bytes",
+        for name in ("queue_size", "edge_replicas", "cloud_replicas", "edge_replica_concurrency",
+                     "cloud_replica_concurrency", "max_in_flight_per_site", "max_body_bytes",
                      "max_pixels", "max_cameras", "mqtt_max_buffered"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()}: must be >= 1, got {getattr(self, name)}")
@@ -108,6 +125,10 @@ class PreprocessorConfig:
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()}: must be > 0, got {getattr(self, name)}")
         if not 0 <= self.mqtt_resend_window_s <= 3600:
             raise ConfigError(f"{ENV_PREFIX}MQTT_RESEND_WINDOW_S: must be 0..3600, got {self.mqtt_resend_window_s}")
+        for site in ("edge", "cloud"):
+            if getattr(self, f"{site}_discovery") not in DISCOVERY_KINDS:
+                raise ConfigError(f"{ENV_PREFIX}{site.upper()}_DISCOVERY: must be one of {', '.join(DISCOVERY_KINDS)}, "
+                                  f"got {getattr(self, f'{site}_discovery')!r}")
         if self.deadline_ms is not None and not self.deadline_ms > 0:
             raise ConfigError(f"{ENV_PREFIX}DEADLINE_MS: must be > 0 (or none), got {self.deadline_ms}")
         if self.input_size is not None and (len(self.input_size) != 2 or min(self.input_size) < 16):
@@ -118,13 +139,36 @@ class PreprocessorConfig:
             raise ConfigError(f"{ENV_PREFIX}SOURCES: {exc}") from None
 
     def site_configs(self) -> tuple[SiteConfig, SiteConfig]:
-        common = dict(queue_size=self.queue_size, workers=self.workers_per_site, timeout_s=self.request_timeout_s)
+        common = dict(queue_size=self.queue_size, max_in_flight=self.max_in_flight_per_site,
+                      timeout_s=self.request_timeout_s)
         edge = SiteConfig(EDGE, self.edge_url, replicas=self.edge_replicas, service_s=self.edge_service_ms / 1000,
-                          rtt_s=0.0, uplink_bps=math.inf, **common)  # type: ignore[arg-type]
+                          per_replica=self.edge_replica_concurrency, rtt_s=0.0, uplink_bps=math.inf,
+                          **common)  # type: ignore[arg-type]
         cloud = SiteConfig(CLOUD, self.cloud_url, replicas=self.cloud_replicas, service_s=self.cloud_service_ms / 1000,
-                           rtt_s=self.cloud_rtt_ms / 1000, uplink_bps=self.cloud_uplink_mbps * 1e6,
-                           estimate_uplink=True, **common)  # type: ignore[arg-type]
+                           per_replica=self.cloud_replica_concurrency, rtt_s=self.cloud_rtt_ms / 1000,
+                           uplink_bps=self.cloud_uplink_mbps * 1e6, estimate_uplink=True,
+                           **common)  # type: ignore[arg-type]
         return edge, cloud
+
+    def replica_sources(self) -> dict[str, ReplicaSource]:
+        """Each site's replica source; ConfigError when Kubernetes discovery has no API to ask."""
+        sources: dict[str, ReplicaSource] = {}
+        api_client = None
+        for site, url, replicas in ((EDGE, self.edge_url, self.edge_replicas), (CLOUD, self.cloud_url, self.cloud_replicas)):
+            if getattr(self, f"{site}_discovery") == "static":
+                sources[site] = StaticReplicas(url, replicas)
+                continue
+            if api_client is None:
+                try:
+                    api_client = kubernetes_api_client(self.kubeconfig)
+                except Exception as exc:  # no ServiceAccount mount, unreadable kubeconfig
+                    raise ConfigError(f"{ENV_PREFIX}{site.upper()}_DISCOVERY=kubernetes: cannot reach the Kubernetes "
+                                      f"API ({type(exc).__name__}: {str(exc)[:200]}); run in a pod with the "
+                                      f"preprocessor ServiceAccount or set {ENV_PREFIX}KUBECONFIG") from None
+            service = getattr(self, f"{site}_service") or service_of(url)
+            sources[site] = EndpointSliceWatch(api_client, self.namespace or pod_namespace(), service,
+                                               scheme=urlsplit(url).scheme)
+        return sources
 
     def mqtt_settings(self) -> MQTTSettings:
         return MQTTSettings(host=self.mqtt_host, port=self.mqtt_port, username=self.mqtt_username or None,
@@ -196,7 +240,8 @@ class Preprocessor:
         edge, cloud = config.site_configs()
         self.offloader = Offloader(self.policy, edge, cloud, self._emit, ewma_alpha=config.ewma_alpha,
                                    health_interval_s=config.health_interval_s, drop_expired=config.drop_expired,
-                                   on_decision=lambda site: metrics.PREPROCESSOR_DECISIONS.labels(site).inc())
+                                   on_decision=lambda site: metrics.PREPROCESSOR_DECISIONS.labels(site).inc(),
+                                   sources=config.replica_sources())
         self.deadline_s = config.deadline_ms / 1000.0 if config.deadline_ms is not None else None
         self._next_ids: dict[str, int] = {}
         self._ids_lock = threading.Lock()
@@ -273,6 +318,10 @@ class Preprocessor:
         if not self.publisher.publish_record(record):
             log.error("record %s/%d lost: MQTT buffer full", record.camera, record.frame_id)
 
+    def record_room(self) -> int:
+        """Records the MQTT buffer can still take beyond those every open frame will produce."""
+        return self.config.mqtt_max_buffered - self.publisher.stats().buffered - self.offloader.open_frames
+
     def state(self) -> dict[str, Any]:
         return {**self.offloader.state(),
                 "mqtt": {"connected": self.publisher.connected, "last_error": self.publisher.last_error,
@@ -338,6 +387,8 @@ def create_app(config: PreprocessorConfig | None = None, policy: Policy | None =
             return error(415, f"Content-Type must be image/* (JPEG or PNG), got {request.content_type or 'none'!r}")
         if request.content_length is not None and request.content_length > config.max_body_bytes:
             return error(413, f"body of {request.content_length} bytes exceeds {config.max_body_bytes}")
+        if service.record_room() <= 0:
+            return error(503, "record buffer full: the broker has not acknowledged earlier records")
         try:
             job = service.ingest_bytes(camera, request.get_data(cache=False), requested_id, origin="http")
         except FrameRejected as exc:
@@ -361,9 +412,13 @@ def create_app(config: PreprocessorConfig | None = None, policy: Policy | None =
 
     @app.get("/v2/health/ready")
     def ready():
-        if not service.publisher.connected:
-            return error(503, f"MQTT publisher not connected {service.publisher.last_error}".strip())
-        return jsonify(ready=True, policy=service.policy.name)
+        # Ready while every frame accepted now can still have its record held until the broker
+        # takes it: a broker restart alone does not take the unit out of its Service.
+        room, connected = service.record_room(), service.publisher.connected
+        if room <= 0:
+            return error(503, f"record buffer full ({config.mqtt_max_buffered}); MQTT connected: {connected} "
+                              f"{service.publisher.last_error}".strip())
+        return jsonify(ready=True, policy=service.policy.name, mqtt_connected=connected, record_room=room)
 
     @app.get("/metrics")
     def prometheus_metrics():

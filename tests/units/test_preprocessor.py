@@ -304,7 +304,7 @@ def test_both_sites_down_yields_one_error_record(broker: BrokerProcess, records:
 
 def test_full_queue_drops_oldest_and_every_frame_gets_exactly_one_record(running, records: Records,
                                                                          astronaut_jpeg: bytes) -> None:
-    unit = running(policy="edge-only", queue_size=2, workers_per_site=1)
+    unit = running(policy="edge-only", queue_size=2, edge_replica_concurrency=1)
     sent = 15
     for _ in range(sent):
         assert unit.post("burst", astronaut_jpeg).status_code == 202
@@ -379,7 +379,7 @@ def test_policy_gets_one_feedback_per_frame_and_a_broken_decision_fails_only_its
 
 def test_frames_past_their_deadline_are_dropped_when_configured(running, records: Records,
                                                                  astronaut_jpeg: bytes) -> None:
-    unit = running(policy="edge-only", workers_per_site=1, queue_size=16, deadline_ms=60, drop_expired=True)
+    unit = running(policy="edge-only", edge_replica_concurrency=1, queue_size=16, deadline_ms=60, drop_expired=True)
     for _ in range(5):
         assert unit.post("late", astronaut_jpeg).status_code == 202
     published = records.wait_for("late", 5)
@@ -455,7 +455,7 @@ def test_served_by_gunicorn_and_flushes_records_on_shutdown(broker: BrokerProces
     edge, cloud = sites
     env = {"PRE_EDGE_URL": edge.url, "PRE_CLOUD_URL": cloud.url, "PRE_POLICY": "edge-only",
            "PRE_MQTT_HOST": broker.host, "PRE_MQTT_PORT": str(broker.port),
-           "PRE_MQTT_PASSWORD": broker.users["preprocessor"], "PRE_QUEUE_SIZE": "32", "PRE_WORKERS_PER_SITE": "1"}
+           "PRE_MQTT_PASSWORD": broker.users["preprocessor"], "PRE_QUEUE_SIZE": "32", "PRE_EDGE_REPLICA_CONCURRENCY": "1", "PRE_CLOUD_REPLICA_CONCURRENCY": "1"}
     unit = start_unit("preprocessor", env=env, workers=1, threads=4)
     sent = 20  # ~2-3 s of Haar work on one dispatcher, longer than gunicorn takes to stop a worker
     try:
