@@ -12,6 +12,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("edgeoffload.serve", "run a unit (inference, preprocessor, webserver) under gunicorn"),
     "sim": ("edgeoffload.sim.cli", "simulate a scenario (simpy) under a policy and print the summary"),
+    "sweep": ("edgeoffload.sweep.cli", "run a grid of simulations (scenarios x overrides x policies x seeds) on Dask"),
     "up": ("edgeoffload.local", "run the whole testbed locally (broker, units, emulated WAN, autoscaler) until Ctrl-C"),
     "demo": ("edgeoffload.demo", "local testbed + sample-video replay + summary; stops every process at the end"),
     "trace": ("edgeoffload.load.trace", "generate (gen) or inspect (info) frame-arrival traces"),
