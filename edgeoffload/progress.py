@@ -31,7 +31,7 @@ class ProgressBar:
         self.terminal = stream.isatty()
         self.log_every_s = log_every_s
         self._started = time.perf_counter()
-        self._drawn_at = -1.0
+        self._drawn_at: float | None = None   # the first update always draws
 
     @property
     def enabled(self) -> bool:
@@ -41,13 +41,14 @@ class ProgressBar:
         now = time.perf_counter()
         final = done >= total
         interval = 0.1 if self.terminal else self.log_every_s
-        if interval is None or (now - self._drawn_at < interval and not final):
+        if interval is None or (self._drawn_at is not None and now - self._drawn_at < interval and not final):
             return
         self._drawn_at = now
         elapsed = now - self._started
         fraction = min(1.0, done / total) if total > 0 else 1.0
         filled = int(fraction * self.width)
-        text = f"[{'#' * filled}{'-' * (self.width - filled)}] {100 * fraction:5.1f} % {detail}, {elapsed:,.1f} s wall"
+        text = (f"[{'#' * filled}{'-' * (self.width - filled)}] {100 * fraction:5.1f} %" + (f" {detail}" if detail else "")
+                + f", {elapsed:,.1f} s wall")
         if 0 < fraction < 1:
             text += f", ETA {eta_text(elapsed * (1 - fraction) / fraction)}"
         if self.terminal:

@@ -7,3 +7,5 @@ and gives the same bytes wherever it ran.
 Modules: spec (the YAML grid, its validation and cells), cells (running one cell, the
 per-cell store), engine (Dask or this process), report (table, report.md, plots), cli.
 """
+
+CELLS_FOLDER = "cells"   # OUT/cells/<key>.json: one finished cell each (results.csv holds the same rows)

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from edgeoffload.progress import ProgressBar
+from edgeoffload.sweep import CELLS_FOLDER
 from edgeoffload.sweep.cells import FAILED, CellStore
 from edgeoffload.sweep.engine import Engine, run_cells
 from edgeoffload.sweep.report import write_outputs
 from edgeoffload.sweep.spec import Cell, expand, load_spec
 
-CELLS_FOLDER = "cells"
 LOG_EVERY_S = 30.0   # progress lines in a log (not a terminal): at most one per this many seconds
 
 
@@ -55,4 +55,4 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-__all__ = ["CELLS_FOLDER", "read_results", "register", "run"]
+__all__ = ["read_results", "register", "run"]

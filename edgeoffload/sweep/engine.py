@@ -85,12 +85,16 @@ class Engine:
 
     def _local_client(self) -> Any:
         """An embedded LocalCluster: worker processes of one thread each (a simulation is pure
-        Python, threads would share one GIL), on loopback, without dashboards."""
+        Python, threads would share one GIL), on loopback ports the system picks. Each worker holds
+        one task at a time, so the queue stays longest-first, and a worker that dies takes down
+        only the cell it was running."""
+        import dask
         from distributed import Client, LocalCluster
 
-        cluster = self._stack.enter_context(LocalCluster(
-            n_workers=self.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-            dashboard_address=None, silence_logs=logging.ERROR))
+        with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+            cluster = self._stack.enter_context(LocalCluster(
+                n_workers=self.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR))
         return Client(cluster)
 
     def _remote_client(self, address: str) -> Any:

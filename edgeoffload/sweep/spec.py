@@ -136,6 +136,17 @@ def load_spec(path: str | Path) -> SweepSpec:
 
 def parse_spec(raw: Any, path: Path) -> SweepSpec:
     """A SweepSpec from the parsed YAML of the spec file at `path` (files are relative to it)."""
+    try:
+        return _parse_spec(raw, path)
+    except SpecError:
+        raise
+    except ScenarioError as exc:   # from the field checks shared with scenario files
+        raise SpecError(exc.path, str(exc).removeprefix(f"{exc.path}: ")) from None
+
+
+def _parse_spec(raw: Any, path: Path) -> SweepSpec:
+    if not isinstance(raw, Mapping):
+        raise SpecError("", f"{path.name} must be a mapping (name, scenarios, policies, seeds, overrides, grids, report)")
     top = _Fields(raw, "", {"name", "grids", "report", *GRID_KEYS})
     base_dir = path.resolve().parent
     defaults = {key: raw[key] for key in GRID_KEYS if key in raw}
@@ -253,36 +264,36 @@ def apply_override(raw: Any, key: str, value: Any) -> Any:
     indexes a list (`cameras.0`) or names all its items (`cameras.*`); missing mappings on
     the way are created (`observer.ewma_alpha` in a scenario without `observer`)."""
     raw = copy.deepcopy(raw)
-    *path, last = key.split(".")
+    parts = key.split(".")
     nodes = [raw]
-    for depth, part in enumerate(path):
-        nodes = [child for node in nodes for child in _children(node, part, ".".join(path[:depth + 1]))]
-    for node in nodes:
-        if isinstance(node, list):
-            for index in _indexes(node, last, key):
-                node[index] = copy.deepcopy(value)
-        elif isinstance(node, dict):
-            node[last] = copy.deepcopy(value)
-        else:
-            raise ValueError(f"{key}: {'.'.join(path)} is not a mapping")
+    for depth, part in enumerate(parts):
+        parent, last = ".".join(parts[:depth]) or "the scenario", depth == len(parts) - 1
+        children = []
+        for node in nodes:
+            if isinstance(node, list):
+                indexes = _indexes(node, part, parent)
+                if last:
+                    for index in indexes:
+                        node[index] = copy.deepcopy(value)
+                children += [node[index] for index in indexes]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = copy.deepcopy(value)
+                elif node.get(part) is None:
+                    node[part] = {}
+                children.append(node[part])
+            else:
+                raise ValueError(f"{parent} is {node!r}, which has no key {part!r}")
+        nodes = children
     return raw
 
 
-def _children(node: Any, part: str, where: str) -> list[Any]:
-    if isinstance(node, list):
-        return [node[index] for index in _indexes(node, part, where)]
-    if not isinstance(node, dict):
-        raise ValueError(f"{where}: cannot set a key inside {type(node).__name__} value {node!r}")
-    if node.get(part) is None:
-        node[part] = {}
-    return [node[part]]
-
-
-def _indexes(items: list[Any], part: str, where: str) -> range | list[int]:
+def _indexes(items: list[Any], part: str, where: str) -> list[int]:
     if part == ALL_ITEMS:
-        return range(len(items))
+        return list(range(len(items)))
     if not part.isdigit() or int(part) >= len(items):
-        raise ValueError(f"{where}: a list of {len(items)} item(s): use an index below {len(items)} or {ALL_ITEMS}")
+        raise ValueError(f"{where} is a list of {len(items)} item(s): index it with 0 to {len(items) - 1} "
+                         f"or {ALL_ITEMS}, not {part!r}")
     return [int(part)]
 
 
