@@ -138,7 +138,7 @@ def timed(model: Callable[[Scenario], dict[str, Any]], scenario: Scenario) -> tu
 
 
 def main() -> None:
-    from benchmarks.report import markdown_table, write_section
+    from benchmarks.report import markdown_table, publish
 
     scenario = load_scenario({**SCENARIO, "duration_s": DURATION_S})
     load_before = os.getloadavg()[0]
@@ -165,9 +165,7 @@ def main() -> None:
               "events and Resource request/release objects per frame; the project's simulator keeps per-frame events "
               "in one heap of plain tuples (SimPy only for second-scale processes) and builds the per-frame "
               "dataclasses with direct slot writes (edgeoffload/sim/fastinit.py).")
-    print(body)
-    if "--no-write" not in sys.argv:
-        write_section("simulator vs plain SimPy", "python benchmarks/sim_vs_simpy.py", body)
+    publish("simulator vs plain SimPy", "python benchmarks/sim_vs_simpy.py", body)
 
 
 if __name__ == "__main__":

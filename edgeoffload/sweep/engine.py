@@ -9,7 +9,6 @@ drawn on the same workers afterwards.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ class Engine:
             raise ValueError("--workers must be >= 0")
         if scheduler is not None and workers is not None:
             raise ValueError("--workers sizes the embedded cluster; an existing cluster (--scheduler) has its own workers")
-        self.workers = (os.cpu_count() or 1) if workers is None else workers
+        self.workers = _cores() if workers is None and scheduler is None else (workers or 0)
         self.scheduler = scheduler
         self._stack = ExitStack()
         self._client: Any = None
@@ -114,6 +113,13 @@ class Engine:
             client.close()
             raise
         return client
+
+
+def _cores() -> int:
+    """The cores this process may use (CPU affinity and container limits, as Dask counts them)."""
+    from dask.system import cpu_count
+
+    return max(1, cpu_count())
 
 
 def check_versions(worker_versions: dict[str, str]) -> None:

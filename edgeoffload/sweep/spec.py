@@ -25,17 +25,16 @@ import dataclasses
 import hashlib
 import itertools
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping
-
-import yaml
+from typing import Any, Iterator, Mapping
 
 from edgeoffload.policy import BUILTINS, is_policy_file, load_policy
 from edgeoffload.sim.distributions import ScenarioError
-from edgeoffload.sim.scenario import Scenario, _Fields, parse_scenario
+from edgeoffload.sim.scenario import Scenario, _Fields, parse_scenario, read_yaml
 
 GRID_KEYS = ("scenarios", "overrides", "policies", "seeds")
 ALL_ITEMS = "*"
@@ -125,23 +124,26 @@ class SweepSpec:
 # ------------------------------------------------------------------ reading and validation
 def load_spec(path: str | Path) -> SweepSpec:
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SpecError("", f"cannot read sweep spec {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise SpecError("", f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    return parse_spec(raw, path)
+    with _as_spec_error():
+        return _parse_spec(read_yaml(path, "sweep spec"), path)
 
 
 def parse_spec(raw: Any, path: Path) -> SweepSpec:
     """A SweepSpec from the parsed YAML of the spec file at `path` (files are relative to it)."""
-    try:
+    with _as_spec_error():
         return _parse_spec(raw, path)
+
+
+@contextmanager
+def _as_spec_error(where: str | None = None) -> Iterator[None]:
+    """ScenarioErrors of the helpers shared with scenario files, as SpecErrors (at `where`)."""
+    try:
+        yield
     except SpecError:
         raise
-    except ScenarioError as exc:   # from the field checks shared with scenario files
-        raise SpecError(exc.path, str(exc).removeprefix(f"{exc.path}: ")) from None
+    except ScenarioError as exc:
+        message = str(exc).removeprefix(f"{exc.path}: ") if exc.path else str(exc)
+        raise SpecError(exc.path if where is None else where, message) from None
 
 
 def _parse_spec(raw: Any, path: Path) -> SweepSpec:
@@ -192,8 +194,9 @@ def _grid(name: str, raw: Mapping[str, Any], where: str, base_dir: Path) -> Grid
     for index, policy in enumerate(policies):
         try:
             load_policy(resolved_policy(policy, base_dir))
-        except (ValueError, OSError, ImportError, SyntaxError) as exc:
-            raise SpecError(f"{prefix}policies[{index}]", str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - a policy file may raise anything when it is loaded
+            message = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+            raise SpecError(f"{prefix}policies[{index}]", " ".join(message.split())) from None
     seeds = raw.get("seeds")
     if not isinstance(seeds, list) or not seeds:
         raise SpecError(f"{prefix}seeds", "is required: a non-empty list of integer seeds (here or at the top level)")
@@ -298,14 +301,22 @@ def _indexes(items: list[Any], part: str, where: str) -> list[int]:
 
 
 # ------------------------------------------------------------------ cells
-def cell_key(scenario: Scenario, overrides: tuple[tuple[str, Any], ...], policy: str,
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def scenario_digest(scenario: Scenario) -> str:
+    """A hash of everything the simulator reads from a parsed scenario but its seed: the
+    content of its traces, profiles and manifests included."""
+    return _digest(dataclasses.asdict(scenario.with_seed(0)))
+
+
+def cell_key(scenario_digest: str, overrides: tuple[tuple[str, Any], ...], policy: str,
              source: PolicySource | None, seed: int) -> str:
-    """sha256 (128 bits, hex) of the cell's inputs: what decides its result, and nothing else."""
-    payload = {"edgeoffload": package_version(), "scenario": dataclasses.asdict(scenario),
-               "overrides": [list(item) for item in overrides], "policy": policy, "seed": seed,
-               "policy_file": None if source is None else hashlib.sha256(source.text.encode()).hexdigest()}
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+    """A hash (128 bits, hex) of the cell's inputs: what decides its result, and nothing else."""
+    return _digest({"edgeoffload": package_version(), "scenario": scenario_digest,
+                    "overrides": [list(item) for item in overrides], "policy": policy, "seed": seed,
+                    "policy_file": None if source is None else _digest(source.text)})[:32]
 
 
 def expand(spec: SweepSpec) -> list[tuple[str, Cell]]:
@@ -320,10 +331,8 @@ def expand(spec: SweepSpec) -> list[tuple[str, Cell]]:
         for file_index, file in enumerate(grid.scenarios):
             where = grid.field(f"scenarios[{file_index}]")
             if file not in raws:
-                try:
-                    raws[file] = yaml.safe_load((base / file).read_text(encoding="utf-8"))
-                except yaml.YAMLError as exc:
-                    raise SpecError(where, f"{file} is not valid YAML: {str(exc).splitlines()[0]}") from None
+                with _as_spec_error(where):
+                    raws[file] = read_yaml(base / file, "scenario")
             keys = [key for key, _ in grid.overrides]
             for values in itertools.product(*(values for _, values in grid.overrides)):
                 assignment = tuple(zip(keys, values))
@@ -332,11 +341,12 @@ def expand(spec: SweepSpec) -> list[tuple[str, Cell]]:
                     raise SpecError(where,
                                     f"{file} and {names[scenario.name]} are both named {scenario.name!r}: "
                                     "give each scenario its own name")
+                digest = scenario_digest(scenario)
                 for policy in grid.policies:
                     for seed in grid.seeds:
-                        seeded = scenario.with_seed(seed)
-                        key = cell_key(seeded, assignment, policy, sources[policy], seed)
-                        cells.append((grid.name, Cell(key, file, assignment, policy, seed, seeded, sources[policy])))
+                        key = cell_key(digest, assignment, policy, sources[policy], seed)
+                        cells.append((grid.name, Cell(key, file, assignment, policy, seed, scenario.with_seed(seed),
+                                                      sources[policy])))
     return cells
 
 
@@ -352,4 +362,4 @@ def _scenario(raw: Any, assignment: tuple[tuple[str, Any], ...], file: Path, whe
 
 
 __all__ = ["Cell", "Grid", "PolicySource", "SpecError", "SweepSpec", "apply_override", "cell_key", "expand",
-           "load_spec", "package_version", "parse_spec", "policy_source", "resolved_policy"]
+           "load_spec", "package_version", "parse_spec", "policy_source", "resolved_policy", "scenario_digest"]

@@ -154,3 +154,11 @@ def test_unreadable_specs_are_one_line_errors(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match=r"bad\.yaml is not valid YAML") as error:
         load_spec(bad)
     assert "\n" not in str(error.value)
+
+
+def test_a_policy_file_that_fails_to_load_is_a_one_line_error(spec_with) -> None:
+    path = spec_with(grids=[{"name": "a", "policies": ["broken.py:decide"]}], report=None)
+    (path.parent / "broken.py").write_text("import no_such_module_here\n")
+    with pytest.raises(SpecError, match=r"^grids\[0\]\.policies\[0\]: ModuleNotFoundError: No module named "
+                                        r"'no_such_module_here'$"):
+        load_spec(path)
