@@ -126,6 +126,13 @@ def hpa_for(options: TestbedOptions, site: str) -> HPASpec:
                                sync_period_s=options.sync_period_s)
 
 
+def starting_replicas(options: TestbedOptions, site: str) -> int:
+    """A pool starts with --SITE-replicas, but never below its HPA's minReplicas."""
+    site_options = options.edge if site == "edge" else options.cloud
+    floor = hpa_for(options, site).min_replicas if options.autoscale else 1
+    return max(1, site_options.replicas, floor)
+
+
 def _hpa_of_site(specs: list[HPASpec], site: str, path: str) -> HPASpec:
     matches = [spec for spec in specs
                if any(site in name.lower() and "inference" in name.lower() for name in (spec.name, spec.target))]
@@ -230,8 +237,7 @@ class Testbed:
                                            endpoints=self.endpoint_api.store, wan=wan,
                                            pre_stop_s=deployed.pre_stop_s, cpu_request=deployed.cpu_request,
                                            on_change=self._write_pid_file)
-            floor = hpa_for(opts, site).min_replicas if opts.autoscale else 1
-            starting[site] = max(1, site_options[site].replicas, floor)
+            starting[site] = starting_replicas(opts, site)
         with ThreadPoolExecutor(len(SITES)) as starter:  # model loading overlaps
             for future in [starter.submit(self.pools[s].scale_to, starting[s]) for s in SITES]:
                 future.result()
@@ -469,4 +475,4 @@ def testbed_ready(testbed: Testbed) -> None:
 
 
 __all__ = ["Testbed", "TestbedOptions", "SiteOptions", "StopOnSignals", "add_testbed_arguments", "options_from",
-           "hpa_for"]
+           "hpa_for", "starting_replicas"]
