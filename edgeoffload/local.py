@@ -33,7 +33,7 @@ from typing import Callable
 from edgeoffload.broker import BrokerProcess, find_mosquitto, start_broker
 from edgeoffload.hpa import HPAError, HPASpec, load_hpa_manifests
 from edgeoffload.endpointslices import EndpointSliceServer, EndpointSliceStore
-from edgeoffload.localscale import LocalAutoscaler, ReplicaPool
+from edgeoffload.localscale import LocalAutoscaler, ReplicaPool, ScaleStatus, status_message
 from edgeoffload.messaging import MQTTSettings, Publisher
 from edgeoffload.relay import LinkProfile, TcpRelay, Wan
 from edgeoffload.serve import UnitProcess, free_port, start_unit
@@ -261,9 +261,8 @@ class Testbed:
         if opts.autoscale:
             pools = {site: (self.pools[site], hpa_for(opts, site)) for site in SITES}
             self.autoscaler = LocalAutoscaler(pools, publish=self._status_publisher.publish_status).start()
-        self._status_publisher.publish_status({"state": "running", "pools": {
-            site: {"replicas": pool.size, "desired": pool.size, "reason": "initial", "metrics": {}}
-            for site, pool in self.pools.items()}})
+        self._status_publisher.publish_status(status_message(self.pools, [
+            ScaleStatus(site, pool.size, pool.size, "initial", {}) for site, pool in self.pools.items()]))
 
     @property
     def kubeconfig(self) -> Path:
