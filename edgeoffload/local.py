@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import dataclasses
 import logging
 import math
 import shutil
@@ -31,18 +32,26 @@ from typing import Callable
 
 from edgeoffload.broker import BrokerProcess, find_mosquitto, start_broker
 from edgeoffload.hpa import HPAError, HPASpec, load_hpa_manifests
-from edgeoffload.localscale import LocalAutoscaler, ReplicaPool, default_hpa
+from edgeoffload.endpointslices import EndpointSliceServer, EndpointSliceStore
+from edgeoffload.localscale import LocalAutoscaler, ReplicaPool, ScaleStatus, status_message
 from edgeoffload.messaging import MQTTSettings, Publisher
-from edgeoffload.relay import LinkProfile, TcpRelay
+from edgeoffload.relay import LinkProfile, TcpRelay, Wan
 from edgeoffload.serve import UnitProcess, free_port, start_unit
+from edgeoffload.config import load_config
+from edgeoffload.units.inference import InferenceConfig
+from edgeoffload.unitfolders import autoscale_file, unit_settings
 
 log = logging.getLogger(__name__)
 SITES = ("edge", "cloud")
+NAMESPACE = "edgeoffload"
 
 
 @dataclass(frozen=True, slots=True)
 class SiteOptions:
-    """One inference pool: which detector, how many replicas to start with and at most."""
+    """One inference pool: which detector, how many replicas to start with and at most.
+
+    Everything else a replica runs with is what the unit's ConfigMap ships (unitfolders);
+    `instances` and `sleep_pad_ms` override it for experiments, when set."""
 
     kind: str = "haar-face"                # haar-face | hog-people | darknet | openvino
     model_path: str | None = None
@@ -50,15 +59,34 @@ class SiteOptions:
     labels_path: str | None = None
     replicas: int = 1
     max_replicas: int = 2
-    instances: int = 1                     # detector instances (concurrent inferences) per replica
+    instances: int | None = None           # detector instances per replica (None: as the ConfigMap ships)
+    sleep_pad_ms: float = 0.0              # capacity experiments only: INFER_SLEEP_PAD_MS
 
     def inference_env(self, site: str) -> dict[str, str]:
-        env = {"INFER_SITE": site, "INFER_KIND": self.kind, "INFER_THREADS": "1", "KEEPALIVE": "0"}
+        env = {**unit_settings(f"{site}-inference").env, "INFER_SITE": site, "INFER_KIND": self.kind}
         for name, value in (("MODEL_PATH", self.model_path), ("CONFIG_PATH", self.config_path),
                             ("LABELS_PATH", self.labels_path)):
             if value:
                 env[f"INFER_{name}"] = str(Path(value).resolve())
+        if self.instances is not None:
+            env["INFER_INSTANCES"] = str(self.instances)
+        if self.sleep_pad_ms:
+            env["INFER_SLEEP_PAD_MS"] = f"{self.sleep_pad_ms:g}"
         return env
+
+    def unit_config(self, site: str) -> tuple[InferenceConfig, dict[str, str]]:
+        """The replicas' settings as the unit will read them, and their environment."""
+        env = self.inference_env(site)
+        return load_config(InferenceConfig, "INFER_", env=env), env
+
+    def detectors_per_replica(self, site: str) -> int:
+        config, env = self.unit_config(site)
+        return config.pool_size(int(env.get("THREADS", "1"))) * int(env.get("WORKERS", "1"))
+
+    def replica_concurrency(self, site: str) -> int:
+        """Requests a replica admits at once: its admission bound x its workers."""
+        config, env = self.unit_config(site)
+        return config.queue_bound * int(env.get("WORKERS", "1"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +101,9 @@ class TestbedOptions:
     policy: str = "min-latency"
     max_side: int | None = None            # preprocessor downscale (PRE_MAX_SIDE); None = the unit's default
     autoscale: bool = True
-    hpa_file: str | None = None            # autoscale.yml; HPAs named after the inference units
+    hpa_file: str | None = None            # default: the project's autoscale.yml, as on Kubernetes
     sync_period_s: float = 15.0
+    discovery: str = "kubernetes"          # as shipped: EndpointSlices; "static": through the Service relays
     broker_port: int = 0
     preprocessor_port: int = 0
     web_port: int = 0
@@ -82,21 +111,26 @@ class TestbedOptions:
 
 
 def hpa_for(options: TestbedOptions, site: str) -> HPASpec:
-    """The pool's HPA: from the manifest file if given, else the built-in default.
+    """The pool's HPA: from `hpa_file`, by default the project's autoscale.yml (as on Kubernetes).
 
     In a manifest the HPA of a pool is the one whose name or scaleTargetRef mentions both the
-    site and "inference" (e.g. edge-inference, CloudInferenceUnit); its maxReplicas is capped
-    by the pool's --SITE-max-replicas, since every local replica shares this machine's CPUs.
+    site and "inference" (e.g. edge-inference, CloudInferenceUnit). Its replica bounds are
+    capped by the pool's --SITE-max-replicas, since every local replica shares this
+    machine's CPUs.
     """
     site_options = options.edge if site == "edge" else options.cloud
-    if options.hpa_file:
-        spec = _hpa_of_site(load_hpa_manifests(options.hpa_file), site, options.hpa_file)
-        return HPASpec(min_replicas=spec.min_replicas,
-                       max_replicas=max(spec.min_replicas, min(spec.max_replicas, site_options.max_replicas)),
-                       metrics=spec.metrics, behavior=spec.behavior, tolerance=spec.tolerance,
-                       sync_period_s=options.sync_period_s, name=spec.name, target=spec.target)
-    return default_hpa(max_replicas=max(site_options.max_replicas, 1), in_flight_target=float(site_options.instances),
-                       sync_period_s=options.sync_period_s)
+    path = options.hpa_file or str(autoscale_file())
+    spec = _hpa_of_site(load_hpa_manifests(path), site, path)
+    cap = max(1, site_options.max_replicas)
+    return dataclasses.replace(spec, min_replicas=min(spec.min_replicas, cap), max_replicas=min(spec.max_replicas, cap),
+                               sync_period_s=options.sync_period_s)
+
+
+def starting_replicas(options: TestbedOptions, site: str) -> int:
+    """A pool starts with --SITE-replicas, but never below its HPA's minReplicas."""
+    site_options = options.edge if site == "edge" else options.cloud
+    floor = hpa_for(options, site).min_replicas if options.autoscale else 1
+    return max(1, site_options.replicas, floor)
 
 
 def _hpa_of_site(specs: list[HPASpec], site: str, path: str) -> HPASpec:
@@ -124,6 +158,7 @@ class Testbed:
         self.preprocessor: UnitProcess | None = None
         self.webserver: UnitProcess | None = None
         self.autoscaler: LocalAutoscaler | None = None
+        self.endpoint_api: EndpointSliceServer | None = None
         self._status_publisher: Publisher | None = None
         self._stop_lock = threading.Lock()
         self._pid_lock = threading.Lock()
@@ -186,26 +221,33 @@ class Testbed:
         # with its subscribers' sessions, and the publishers re-send what it had not saved.
         self.broker = start_broker(opts.broker_port or None, opts.host)
         self._write_pid_file()
+        # The API server's part in discovery: the pools' replicas as EndpointSlices, which the
+        # preprocessor watches through a kubeconfig, as it watches a cluster's in a pod.
+        self.endpoint_api = EndpointSliceServer(EndpointSliceStore(NAMESPACE), host=opts.host).start()
+        self.endpoint_api.write_kubeconfig(self.kubeconfig)
         progress("starting edge and cloud inference replicas")
         site_options = {"edge": opts.edge, "cloud": opts.cloud}
+        starting = {}
         for site in SITES:
-            link = opts.wan if site == "cloud" else None
-            self.relays[site] = TcpRelay(host=opts.host, link=link, name=f"{site}-relay").start()
+            wan = Wan(opts.wan) if site == "cloud" and opts.wan.shaped else None
+            self.relays[site] = TcpRelay(host=opts.host, link=wan, name=f"{site}-relay").start()
+            deployed = unit_settings(f"{site}-inference")
             self.pools[site] = ReplicaPool(site, site_options[site].inference_env(site), self.relays[site],
-                                           self.log_dir, instances=site_options[site].instances,
+                                           self.log_dir, service=f"{site}-inference",
+                                           endpoints=self.endpoint_api.store, wan=wan,
+                                           pre_stop_s=deployed.pre_stop_s, cpu_request=deployed.cpu_request,
                                            on_change=self._write_pid_file)
+            starting[site] = starting_replicas(opts, site)
         with ThreadPoolExecutor(len(SITES)) as starter:  # model loading overlaps
-            for future in [starter.submit(self.pools[s].scale_to, max(1, site_options[s].replicas)) for s in SITES]:
+            for future in [starter.submit(self.pools[s].scale_to, starting[s]) for s in SITES]:
                 future.result()
         progress("starting preprocessor and webserver")
         with ThreadPoolExecutor(2) as starter:
-            started = {
-                "preprocessor": starter.submit(start_unit, "preprocessor", env=self._preprocessor_env(),
-                                               port=port_or_free(opts.host, opts.preprocessor_port), host=opts.host,
-                                               workers=1, threads=8, log_dir=self.log_dir),
-                "webserver": starter.submit(start_unit, "webserver", env=self._webserver_env(),
-                                            port=port_or_free(opts.host, opts.web_port), host=opts.host, workers=1,
-                                            threads=16, log_dir=self.log_dir)}
+            started = {name: starter.submit(start_unit, name, env=env, host=opts.host, log_dir=self.log_dir,
+                                            port=port_or_free(opts.host, port), workers=int(env.get("WORKERS", "1")),
+                                            threads=int(env.get("THREADS", "8")))
+                       for name, env, port in (("preprocessor", self._preprocessor_env(), opts.preprocessor_port),
+                                               ("webserver", self._webserver_env(), opts.web_port))}
         failures = []
         for name, future in started.items():  # keep whichever started, so stop() ends it
             try:
@@ -219,15 +261,26 @@ class Testbed:
         if opts.autoscale:
             pools = {site: (self.pools[site], hpa_for(opts, site)) for site in SITES}
             self.autoscaler = LocalAutoscaler(pools, publish=self._status_publisher.publish_status).start()
-        self._status_publisher.publish_status({"state": "running", "pools": {
-            site: {"replicas": pool.size, "desired": pool.size, "reason": "initial", "metrics": {}}
-            for site, pool in self.pools.items()}})
+        self._status_publisher.publish_status(status_message(self.pools, [
+            ScaleStatus(site, pool.size, pool.size, "initial", {}) for site, pool in self.pools.items()]))
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.workdir / "kubeconfig"
 
     def _preprocessor_env(self) -> dict[str, str]:
+        """The ConfigMap's settings, wired to this machine's broker, Services and EndpointSlice API."""
         assert self.broker is not None
+        discovery = {f"PRE_{site.upper()}_DISCOVERY": self.options.discovery for site in SITES}
         return {
+            **unit_settings("preprocessor").env,
+            **discovery,
             "PRE_EDGE_URL": self.relays["edge"].url,
             "PRE_CLOUD_URL": self.relays["cloud"].url,
+            "PRE_EDGE_SERVICE": "edge-inference",
+            "PRE_CLOUD_SERVICE": "cloud-inference",
+            "PRE_NAMESPACE": NAMESPACE,
+            "PRE_KUBECONFIG": str(self.kubeconfig),
             "PRE_POLICY": self.options.policy,
             **({"PRE_MAX_SIDE": str(self.options.max_side)} if self.options.max_side is not None else {}),
             # The policy's starting estimates of the emulated WAN (measurements replace them).
@@ -244,6 +297,7 @@ class Testbed:
     def _webserver_env(self) -> dict[str, str]:
         assert self.broker is not None
         return {
+            **unit_settings("webserver").env,
             "WEB_MQTT_HOST": self.broker.host,
             "WEB_MQTT_PORT": str(self.broker.port),
             "WEB_MQTT_USERNAME": "webserver",
@@ -267,6 +321,8 @@ class Testbed:
         steps += [(unit.unit, unit.stop) for unit in (self.webserver, self.preprocessor) if unit is not None]
         steps += [(f"{name} pool", pool.stop) for name, pool in self.pools.items()]
         steps += [(f"{name} relay", relay.stop) for name, relay in self.relays.items()]
+        if self.endpoint_api is not None:
+            steps.append(("EndpointSlice API", self.endpoint_api.stop))
         if self.broker is not None:
             broker = self.broker
             steps += [("broker", broker.stop), ("broker files", lambda: shutil.rmtree(broker.workdir, True))]
@@ -366,7 +422,10 @@ def add_testbed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wan-up-mbps", type=float, default=20.0, help="edge->cloud bandwidth (0 = unlimited)")
     parser.add_argument("--wan-down-mbps", type=float, default=100.0, help="cloud->edge bandwidth (0 = unlimited)")
     parser.add_argument("--no-autoscale", action="store_true", help="keep the starting replica counts")
-    parser.add_argument("--hpa", default=None, help="autoscale.yml to take the HPAs from (default: built-in)")
+    parser.add_argument("--hpa", default=None, help="HPA manifests to scale with (default: the project's autoscale.yml)")
+    parser.add_argument("--discovery", choices=("kubernetes", "static"), default="kubernetes",
+                        help="how the preprocessor finds replicas: their EndpointSlices, as shipped (default), "
+                             "or one Service address per site")
     parser.add_argument("--sync-period", type=float, default=15.0, help="autoscaler sync period (s)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="preprocessor port (0 = any)")
@@ -387,7 +446,7 @@ def options_from(args: argparse.Namespace) -> TestbedOptions:
     return TestbedOptions(host=args.host, edge=site("edge"), cloud=site("cloud"),
                           wan=LinkProfile(args.wan_delay_ms / 1000.0, bps(args.wan_up_mbps), bps(args.wan_down_mbps)),
                           policy=args.policy, max_side=args.max_side, autoscale=not args.no_autoscale, hpa_file=args.hpa,
-                          sync_period_s=args.sync_period, broker_port=args.mqtt_port,
+                          sync_period_s=args.sync_period, discovery=args.discovery, broker_port=args.mqtt_port,
                           preprocessor_port=args.port, web_port=args.web_port, workdir=args.workdir)
 
 
@@ -415,4 +474,4 @@ def testbed_ready(testbed: Testbed) -> None:
 
 
 __all__ = ["Testbed", "TestbedOptions", "SiteOptions", "StopOnSignals", "add_testbed_arguments", "options_from",
-           "hpa_for"]
+           "hpa_for", "starting_replicas"]

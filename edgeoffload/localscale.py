@@ -10,6 +10,7 @@ retained on `edgeoffload/status/autoscaler`.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -17,29 +18,19 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 from urllib.parse import urlparse
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from edgeoffload.endpointslices import Endpoint, EndpointSliceStore
 from edgeoffload.hpa import HPAController, HPAError, HPASpec, MetricTarget, PodSample
-from edgeoffload.relay import TcpRelay
+from edgeoffload.relay import TcpRelay, Wan
 from edgeoffload.serve import UnitProcess, start_unit
 
 log = logging.getLogger(__name__)
 IN_FLIGHT_METRIC = "edgeoffload_inference_in_flight"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def default_hpa(max_replicas: int = 3, in_flight_target: float = 1.0, sync_period_s: float = 15.0) -> HPASpec:
-    """The local default: scale on in-flight requests per replica (the custom metric of autoscale.yml).
-
-    A target of one in-flight request per detector instance means "busy all the time"; the
-    preprocessor bounds its concurrent requests per site, so a higher target might never be reached.
-    """
-    return HPASpec(min_replicas=1, max_replicas=max_replicas,
-                   metrics=(MetricTarget("Pods", IN_FLIGHT_METRIC, "AverageValue", in_flight_target),),
-                   sync_period_s=sync_period_s)
 
 
 def check_servable(spec: HPASpec) -> None:
@@ -96,26 +87,71 @@ class ReplicaWindow:
         self.cpu_start_s, self.wall_start = cpu_s, now
 
 
+@dataclass(eq=False)
+class LocalReplica:
+    """One replica: its gunicorn process and, across a WAN, the relay that is its address."""
+
+    name: str
+    unit: UnitProcess
+    wan_relay: TcpRelay | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.unit.process.pid
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Where callers reach it: through its WAN relay if it has one."""
+        if self.wan_relay is not None:
+            return self.wan_relay.host, self.wan_relay.port
+        url = urlparse(self.unit.url)
+        return url.hostname or "127.0.0.1", url.port or 80
+
+    def stop(self) -> None:
+        self.unit.stop()
+        if self.wan_relay is not None:
+            self.wan_relay.stop()
+
+
 class ReplicaPool:
-    """Replicas of one inference unit behind a relay; scale_to() starts/stops gunicorn processes."""
+    """Replicas of one inference unit, like a Deployment behind a Service.
+
+    scale_to() starts gunicorn processes (each ready before it gets traffic) or retires the
+    newest ones as Kubernetes deletes a pod: out of the Service and marked terminating in its
+    EndpointSlice at once, serving what it holds for `pre_stop_s` (the preStop hook), then
+    SIGTERM (gunicorn finishes in-flight requests) and the slice is deleted. Every replica is
+    published to `endpoints` (the testbed's EndpointSlice API, which the preprocessor watches)
+    and to `relay` (the Service: per-connection round robin). Across a WAN (`wan`) each replica
+    gets a relay of its own on that shared link, and that relay is its published address. A
+    replica whose process dies leaves the rotation at once.
+    """
 
     def __init__(self, name: str, env: Mapping[str, str], relay: TcpRelay, log_dir: Path,
-                 instances: int = 1, spare_threads: int = 4, cpu_request: float = 1.0,
+                 service: str | None = None, endpoints: EndpointSliceStore | None = None, wan: Wan | None = None,
+                 pre_stop_s: float = 0.0, cpu_request: float = 1.0,
                  on_change: Callable[[], None] | None = None) -> None:
         self.name = name
+        self.service = service or f"{name}-inference"
         self.on_change = on_change
-        # `instances` detectors per replica; the spare gunicorn threads hold requests waiting for
-        # one (so in-flight counts the queue, as on a pod) and keep /metrics answering under load.
-        self.env = {**env, "INFER_INSTANCES": str(instances)}
+        self.env = dict(env)
+        self.workers = int(self.env.get("WORKERS", "1"))
+        self.threads = int(self.env.get("THREADS", "4"))
         self.relay = relay
+        self.endpoints = endpoints
+        self.wan = wan
         self.log_dir = log_dir
-        self.threads = instances + max(1, spare_threads)
+        self.pre_stop_s = pre_stop_s
         self.cpu_request = cpu_request
-        self.replicas: list[UnitProcess] = []
+        self.replicas: list[LocalReplica] = []
+        self.terminating: list[LocalReplica] = []
         self.peak = 0            # most replicas at once
         self.rescales = 0        # scale_to calls that changed the count
+        self.exits = 0           # replicas whose process died on its own
         self.windows: dict[int, ReplicaWindow] = {}
-        self._lock = threading.Lock()
+        self._serial = itertools.count(1)
+        self._lock = threading.RLock()
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     @property
     def size(self) -> int:
@@ -127,54 +163,106 @@ class ReplicaPool:
         if count != self.size:
             self.rescales += 1
         while self.size < count:
-            unit = start_unit("inference", env=self.env, workers=1, threads=self.threads, log_dir=self.log_dir)
-            with self._lock:
-                self.replicas.append(unit)
-                self.windows[unit.process.pid] = ReplicaWindow(cpu_start_s=process_tree_cpu_seconds(unit.process.pid),
-                                                               wall_start=time.monotonic())
-            self._publish_backends()
-            self.peak = max(self.peak, self.size)
-            log.info("%s: replica %s started (%d now)", self.name, unit.url, self.size)
-            if self.on_change:
-                self.on_change()
+            self._add()
         while self.size > max(count, 0):
             with self._lock:
-                unit = self.replicas.pop()
-                self.windows.pop(unit.process.pid, None)
-            self._publish_backends()  # stop routing new connections before stopping the process
-            unit.stop()
-            log.info("%s: replica %s stopped (%d now)", self.name, unit.url, self.size)
+                replica = self.replicas.pop()
+                self.windows.pop(replica.pid, None)
+                self.terminating.append(replica)
+            self._publish(replica, ready=False)
+            threading.Thread(target=self._retire, args=(replica, self.pre_stop_s), daemon=True,
+                             name=f"retire-{replica.name}").start()
+            log.info("%s: replica %s terminating (%d left)", self.name, replica.name, self.size)
             if self.on_change:
                 self.on_change()
 
-    def _publish_backends(self) -> None:
+    def _add(self) -> None:
+        name = f"{self.service}-{next(self._serial)}"
+        unit = start_unit("inference", env={**self.env, "INFER_REPLICA_NAME": name}, workers=self.workers,
+                          threads=self.threads, log_dir=self.log_dir)
+        wan_relay = None
+        if self.wan is not None:
+            host, port = urlparse(unit.url).hostname or "127.0.0.1", urlparse(unit.url).port or 80
+            wan_relay = TcpRelay([(host, port)], host=host, link=self.wan, name=f"{name}-wan").start()
+        replica = LocalReplica(name, unit, wan_relay)
         with self._lock:
-            addresses = [(urlparse(u.url).hostname or "127.0.0.1", urlparse(u.url).port or 80) for u in self.replicas]
-        self.relay.set_backends(addresses)
+            self.replicas.append(replica)
+            self.windows[replica.pid] = ReplicaWindow(cpu_start_s=process_tree_cpu_seconds(replica.pid),
+                                                      wall_start=time.monotonic())
+            self.peak = max(self.peak, len(self.replicas))
+        self._publish(replica, ready=True)
+        self._watch()
+        log.info("%s: replica %s ready at %s (%d now)", self.name, name, unit.url, self.size)
+        if self.on_change:
+            self.on_change()
+
+    def _publish(self, replica: LocalReplica, ready: bool) -> None:
+        """Tell the Service relay and the EndpointSlice API about a change of `replica`."""
+        with self._lock:
+            self.relay.set_backends([_unit_address(r.unit) for r in self.replicas])
+        if self.endpoints is not None:
+            host, port = replica.address
+            self.endpoints.set_endpoint(self.service, Endpoint(replica.name, host, port, ready=ready,
+                                                               terminating=not ready))
+
+    def _retire(self, replica: LocalReplica, grace_s: float) -> None:
+        """preStop, then SIGTERM (in-flight requests finish), then the endpoint goes away."""
+        if grace_s > 0:
+            self._stopping.wait(grace_s)
+        replica.stop()
+        if self.endpoints is not None:
+            self.endpoints.delete_endpoint(self.service, replica.name)
+        with self._lock:
+            if replica in self.terminating:
+                self.terminating.remove(replica)
+        log.info("%s: replica %s stopped", self.name, replica.name)
+        if self.on_change:
+            self.on_change()
+
+    def _watch(self) -> None:
+        with self._lock:
+            if self._watcher is None:
+                self._watcher = threading.Thread(target=self._reap_loop, daemon=True, name=f"{self.name}-reaper")
+                self._watcher.start()
+
+    def _reap_loop(self) -> None:
+        """A replica whose process exited leaves the rotation at once (a failing readiness probe)."""
+        while not self._stopping.wait(0.2):
+            with self._lock:
+                dead = [r for r in self.replicas if r.unit.process.poll() is not None]
+                for replica in dead:
+                    self.replicas.remove(replica)
+                    self.windows.pop(replica.pid, None)
+                    self.exits += 1
+            for replica in dead:
+                log.warning("%s: replica %s exited with %s; out of rotation", self.name, replica.name,
+                            replica.unit.process.returncode)
+                self._publish(replica, ready=False)
+                self._retire(replica, 0.0)
 
     def sample(self) -> None:
         """Take one in-flight reading per replica (called several times per sync period)."""
         with self._lock:
             replicas = list(self.replicas)
-        for unit in replicas:
-            value = scrape_in_flight(unit.url)
+        for replica in replicas:
+            value = scrape_in_flight(replica.unit.url)
             with self._lock:
-                window = self.windows.get(unit.process.pid)
+                window = self.windows.get(replica.pid)
                 if window is not None and value is not None:
                     window.in_flight.append(value)
 
     def pids(self) -> list[int]:
         with self._lock:
-            return [unit.process.pid for unit in self.replicas]
+            return [replica.pid for replica in [*self.replicas, *self.terminating]]
 
     def pod_samples(self, spec: HPASpec, now: float) -> list[PodSample]:
         """One PodSample per replica with the window's averages; the windows restart."""
         samples = []
         with self._lock:
             replicas = list(self.replicas)
-        for unit in replicas:
-            pid = unit.process.pid
-            alive = unit.process.poll() is None
+        for replica in replicas:
+            pid = replica.pid
+            alive = replica.unit.process.poll() is None
             cpu_now = process_tree_cpu_seconds(pid)
             with self._lock:
                 window = self.windows.setdefault(pid, ReplicaWindow(cpu_start_s=cpu_now, wall_start=now))
@@ -186,12 +274,28 @@ class ReplicaPool:
                     elif metric.kind == "Pods" and window.in_flight:
                         values[metric.name] = sum(window.in_flight) / len(window.in_flight)
                 window.reset(cpu_now, now)
-            samples.append(PodSample(name=f"{self.name}-{pid}", ready=alive, phase="Running" if alive else "Failed",
+            samples.append(PodSample(name=replica.name, ready=alive, phase="Running" if alive else "Failed",
                                      values=values, requests={"cpu": self.cpu_request}))
         return samples
 
     def stop(self) -> None:
-        self.scale_to(0)
+        """Stop every replica now (the testbed is going down: no traffic, no preStop wait)."""
+        self._stopping.set()
+        with self._lock:
+            replicas, self.replicas = [*self.replicas, *self.terminating], []
+            self.terminating = []
+        for replica in replicas:
+            replica.stop()
+            if self.endpoints is not None:
+                self.endpoints.delete_endpoint(self.service, replica.name)
+        self.relay.set_backends([])
+        if self._watcher is not None:
+            self._watcher.join(timeout=2)
+
+
+def _unit_address(unit: UnitProcess) -> tuple[str, int]:
+    url = urlparse(unit.url)
+    return url.hostname or "127.0.0.1", url.port or 80
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +307,13 @@ class ScaleStatus:
     desired: int
     reason: str
     metrics: dict[str, float]
+
+
+def status_message(pools: Mapping[str, ReplicaPool], statuses: list[ScaleStatus]) -> dict[str, Any]:
+    """The retained status the web page shows: replicas per Deployment, and each pool's decision."""
+    return {"state": "running", "replicas": {pools[s.pool].service: s.replicas for s in statuses},
+            "pools": {s.pool: {"replicas": s.replicas, "desired": s.desired, "reason": s.reason, "metrics": s.metrics}
+                      for s in statuses}}
 
 
 class LocalAutoscaler:
@@ -244,9 +355,7 @@ class LocalAutoscaler:
             statuses.append(ScaleStatus(name, pool.size, desired, decision.reason if decision else "", averages))
         self.history.extend(statuses)
         if self.publish is not None:
-            self.publish({"state": "running", "pools": {s.pool: {"replicas": s.replicas, "desired": s.desired,
-                                                                 "reason": s.reason, "metrics": s.metrics}
-                                                        for s in statuses}})
+            self.publish(status_message({name: pool for name, (pool, _) in self.pools.items()}, statuses))
         return statuses
 
     def _loop(self) -> None:
@@ -268,5 +377,5 @@ class LocalAutoscaler:
                 next_sync = now + period
 
 
-__all__ = ["LocalAutoscaler", "ReplicaPool", "ScaleStatus", "default_hpa", "check_servable",
+__all__ = ["LocalAutoscaler", "LocalReplica", "ReplicaPool", "ScaleStatus", "status_message", "check_servable",
            "scrape_in_flight", "process_tree_cpu_seconds", "IN_FLIGHT_METRIC"]

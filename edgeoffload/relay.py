@@ -2,7 +2,9 @@
 
 Locally there is no kube-proxy and no WAN, so one small relay plays both parts: it spreads
 new connections over the current replica list (which the local autoscaler changes at
-run time) and, when given a link profile, delays and rate-limits the bytes it forwards.
+run time), as a Service does (per connection: a keep-alive connection stays where it is),
+and, when given a link, delays and rate-limits the bytes it forwards. Relays given the same
+`Wan` share its bandwidth (the cloud Service and each cloud replica's own address).
 
 The link model matches the simulator's: each direction is one FIFO line shared by all
 connections, a chunk occupies it for `bytes*8/bandwidth` seconds and arrives `delay_s`
@@ -62,6 +64,16 @@ class Line:
             done = start + (nbytes * 8 / self.bps if math.isfinite(self.bps) else 0.0)
             self._free_at = done
             return done + self.delay_s
+
+
+class Wan:
+    """One emulated link: a Line each way, shared by every relay that crosses it (the Service's
+    relay and each replica's own), so they all compete for the same bandwidth."""
+
+    def __init__(self, profile: LinkProfile) -> None:
+        self.profile = profile
+        self.uplink = Line(profile.uplink_bps, profile.delay_s)
+        self.downlink = Line(profile.downlink_bps, profile.delay_s)
 
 
 class _DelayedPipe:
@@ -126,11 +138,13 @@ class TcpRelay:
     """Accepts on host:port and relays each connection to the next backend (round robin)."""
 
     def __init__(self, backends: Iterable[Address] = (), host: str = "127.0.0.1", port: int = 0,
-                 link: LinkProfile | None = None, name: str = "relay") -> None:
+                 link: LinkProfile | Wan | None = None, name: str = "relay") -> None:
         self.name = name
-        self.link = link if link and link.shaped else None
-        self.uplink = Line(link.uplink_bps, link.delay_s) if self.link else None
-        self.downlink = Line(link.downlink_bps, link.delay_s) if self.link else None
+        wan = link if isinstance(link, Wan) else Wan(link) if link is not None and link.shaped else None
+        self.wan = wan
+        self.link = wan.profile if wan else None
+        self.uplink = wan.uplink if wan else None
+        self.downlink = wan.downlink if wan else None
         self._backends: list[Address] = list(backends)
         self._cycle = itertools.count()
         self._lock = threading.Lock()
@@ -234,4 +248,4 @@ def _close(sock: socket.socket) -> None:
             pass
 
 
-__all__ = ["LinkProfile", "Line", "TcpRelay"]
+__all__ = ["LinkProfile", "Line", "TcpRelay", "Wan"]

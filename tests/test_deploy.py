@@ -311,7 +311,9 @@ def test_secret_references_match_the_templates_and_templates_hold_no_secret() ->
 def test_every_pod_is_hardened_and_bounded() -> None:
     for name, deployment in of_kind("Deployment").items():
         spec = pod_spec(deployment)
-        assert spec["automountServiceAccountToken"] is False, name
+        # Only the preprocessor holds an API token (EndpointSlice discovery), under its own account.
+        assert spec["automountServiceAccountToken"] is (name == "preprocessor"), name
+        assert spec.get("serviceAccountName") == ("preprocessor" if name == "preprocessor" else None), name
         pod_security = spec["securityContext"]
         assert pod_security["runAsNonRoot"] is True and pod_security["runAsUser"] > 0, name
         assert pod_security["seccompProfile"] == {"type": "RuntimeDefault"}, name
@@ -426,31 +428,64 @@ def test_simulator_hpa_equals_autoscale_yml() -> None:
         pytest.skip("no scenario autoscales a pool")
 
 
-def test_local_autoscaler_scales_on_the_deployed_metric() -> None:
-    from edgeoffload.localscale import default_hpa
-
-    edge = {spec.target: spec for spec in load_hpa_manifests(ROOT / "autoscale.yml")}["edge-inference"]
-    deployed = {(m.kind, m.name, m.target_type) for m in edge.metrics if m.kind == "Pods"}
-    assert {(m.kind, m.name, m.target_type) for m in default_hpa().metrics if m.kind == "Pods"} == deployed
-
-
-def test_one_preprocessor_can_drive_each_inference_hpa_to_its_maximum() -> None:
-    """The in-flight metric only counts frames the preprocessor actually sends: with fewer
-    concurrent requests per site than target x (max - 1) x (1 + tolerance), the HPA could never
-    reach maxReplicas on it (one preprocessor replica, the HPA minimum)."""
+def test_the_preprocessor_fills_every_replica_past_its_hpa_target() -> None:
+    """The in-flight metric only counts frames the preprocessor sends. It sends each ready
+    replica up to the unit's admission bound, so a busy site shows more than the target per pod
+    and the HPA can keep scaling up to maxReplicas; the pod keeps threads beyond that bound, so
+    its probes and /metrics are answered under full load."""
+    from edgeoffload.units.inference import InferenceConfig
     from edgeoffload.units.preprocessor import PreprocessorConfig
 
-    env = config_map_env(of_kind("Deployment")["preprocessor"])
-    concurrency = load_config(PreprocessorConfig, "PRE_", env=env).workers_per_site
+    pre = load_config(PreprocessorConfig, "PRE_", env=config_map_env(of_kind("Deployment")["preprocessor"]))
     for spec in load_hpa_manifests(ROOT / "autoscale.yml"):
         if spec.target not in SCENARIO_POOL_DEPLOYMENTS.values():
             continue
+        site = spec.target.split("-")[0]
+        env = config_map_env(of_kind("Deployment")[spec.target])
+        unit = load_config(InferenceConfig, "INFER_", env=env)
+        admitted = unit.queue_bound * int(env["WORKERS"])
+        assert getattr(pre, f"{site}_replica_concurrency") == admitted, f"{spec.target}: PRE_{site.upper()}_REPLICA_CONCURRENCY"
+        assert getattr(pre, f"{site}_discovery") == "kubernetes"
         target = next(m.value for m in spec.metrics if m.kind == "Pods")
-        needed = target * (spec.max_replicas - 1) * (1 + spec.tolerance)
-        assert concurrency > needed, f"{spec.target}: PRE_WORKERS_PER_SITE {concurrency} <= {needed:.1f}"
-        deployment_env = config_map_env(of_kind("Deployment")[spec.target])
-        per_pod = min(int(deployment_env["THREADS"]), int(deployment_env["INFER_QUEUE_BOUND"]))
-        assert per_pod > target * (1 + spec.tolerance), f"{spec.target}: a pod can never exceed its target"
+        assert admitted > target * (1 + spec.tolerance), f"{spec.target}: a pod can never exceed its target"
+        assert int(env["THREADS"]) >= unit.queue_bound + 2, f"{spec.target}: no thread left for probes at full load"
+
+
+def test_a_replica_leaving_finishes_its_frames_within_the_grace_period() -> None:
+    """Scale-down: preStop keeps the pod serving while the EndpointSlice change reaches the
+    preprocessor; then gunicorn's graceful timeout lets admitted frames finish (at least the
+    preprocessor's request timeout); both fit in terminationGracePeriodSeconds."""
+    from edgeoffload.units.preprocessor import PreprocessorConfig
+
+    pre = load_config(PreprocessorConfig, "PRE_", env=config_map_env(of_kind("Deployment")["preprocessor"]))
+    for name in SCENARIO_POOL_DEPLOYMENTS.values():
+        deployment = of_kind("Deployment")[name]
+        container = only_container(deployment)
+        pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+        assert pre_stop[0] == "sleep" and float(pre_stop[1]) >= 2, name
+        graceful = float(config_map_env(deployment).get("GRACEFUL_TIMEOUT", 10))
+        assert graceful >= pre.request_timeout_s, name
+        assert float(pre_stop[1]) + graceful + 5 <= pod_spec(deployment)["terminationGracePeriodSeconds"], name
+
+
+def test_the_preprocessor_may_only_read_endpointslices_of_its_namespace() -> None:
+    accounts = {o["metadata"]["name"]: o for o in objects() if o["kind"] == "ServiceAccount"}
+    assert set(accounts) == {"preprocessor"} and accounts["preprocessor"]["automountServiceAccountToken"] is False
+    assert not [o for o in objects() if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    (binding,) = [o for o in objects() if o["kind"] == "RoleBinding"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "preprocessor", "namespace": NAMESPACE}]
+    role = of_kind("Role")[binding["roleRef"]["name"]]
+    assert binding["roleRef"]["kind"] == "Role" and len(of_kind("Role")) == 1
+    assert role["rules"] == [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+                              "verbs": ["get", "list", "watch"]}]
+    # What it watches exists: each site's Service, whose port name the EndpointSlices carry.
+    from edgeoffload.discovery import service_of
+    from edgeoffload.units.preprocessor import PreprocessorConfig
+
+    pre = load_config(PreprocessorConfig, "PRE_", env=config_map_env(of_kind("Deployment")["preprocessor"]))
+    for site in ("edge", "cloud"):
+        service = getattr(pre, f"{site}_service") or service_of(getattr(pre, f"{site}_url"))
+        assert [p["name"] for p in of_kind("Service")[service]["spec"]["ports"]] == ["http"], service
 
 
 def normalised(spec: HPASpec) -> HPASpec:
@@ -614,11 +649,12 @@ def test_network_policies_allow_exactly_the_needed_flows() -> None:
     prometheus = Endpoint("monitoring", {"app.kubernetes.io/name": "prometheus"})
     stranger = Endpoint("default", {"app": "curl"})
     newcomer = Endpoint(NAMESPACE, {"app": "something-new"})  # isolated by namespace.yml's default deny
-    allowed = [(pre, edge, 8080), (pre, cloud, 8080), (pre, brk, 1883), (web, brk, 1883),
+    allowed = [(pre, edge, 8080), (pre, cloud, 8080), (pre, brk, 1883), (web, brk, 1883), (pre, OUTSIDE, 6443),
                (OUTSIDE, pre, 8080), (OUTSIDE, web, 8080), (prometheus, edge, 8080), (prometheus, cloud, 8080)]
     denied = [(web, edge, 8080), (web, cloud, 8080), (OUTSIDE, edge, 8080), (stranger, cloud, 8080),
               (OUTSIDE, brk, 1883), (stranger, brk, 1883), (edge, brk, 1883), (cloud, pre, 8080),
               (brk, pre, 8080), (pre, OUTSIDE, 443), (edge, OUTSIDE, 80), (web, OUTSIDE, 443),
+              (edge, OUTSIDE, 6443), (cloud, OUTSIDE, 6443), (web, OUTSIDE, 6443), (brk, OUTSIDE, 6443),
               (pre, brk, 8080), (pre, edge, 22), (OUTSIDE, newcomer, 8080), (newcomer, brk, 1883)]
     for source, destination, port in allowed:
         assert flow_allowed(source, destination, port), f"blocked: {source} -> {destination}:{port}"

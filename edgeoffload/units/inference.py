@@ -93,9 +93,9 @@ class InferenceConfig:
         except DetectorConfigError as exc:
             raise ConfigError(f"{ENV_PREFIX}{exc.field.upper()}: {exc.detail}") from None
 
-    def pool_size(self) -> int:
+    def pool_size(self, threads: int | None = None) -> int:
         """Instances beyond queue_bound or the gunicorn thread count ($THREADS) would never be used."""
-        threads = max(1, int(os.environ.get("THREADS", "1")))
+        threads = max(1, threads if threads is not None else int(os.environ.get("THREADS", "1")))
         return self.instances or min(self.queue_bound, threads)
 
 
