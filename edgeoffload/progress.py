@@ -32,6 +32,7 @@ class ProgressBar:
         self.log_every_s = log_every_s
         self._started = time.perf_counter()
         self._drawn_at: float | None = None   # the first update always draws
+        self._first: tuple[float, float] | None = None   # (time, done) of the first update: the ETA's base
 
     @property
     def enabled(self) -> bool:
@@ -39,18 +40,21 @@ class ProgressBar:
 
     def update(self, done: float, total: float, detail: str = "") -> None:
         now = time.perf_counter()
+        if self._first is None:
+            self._first = (now, done)
         final = done >= total
         interval = 0.1 if self.terminal else self.log_every_s
         if interval is None or (self._drawn_at is not None and now - self._drawn_at < interval and not final):
             return
         self._drawn_at = now
-        elapsed = now - self._started
         fraction = min(1.0, done / total) if total > 0 else 1.0
         filled = int(fraction * self.width)
         text = (f"[{'#' * filled}{'-' * (self.width - filled)}] {100 * fraction:5.1f} %" + (f" {detail}" if detail else "")
-                + f", {elapsed:,.1f} s wall")
-        if 0 < fraction < 1:
-            text += f", ETA {eta_text(elapsed * (1 - fraction) / fraction)}"
+                + f", {now - self._started:,.1f} s wall")
+        first_at, first_done = self._first
+        if not final and done > first_done and now > first_at:
+            # the pace since the first update: a slow start (a cluster starting) does not count
+            text += f", ETA {eta_text((total - done) * (now - first_at) / (done - first_done))}"
         if self.terminal:
             self.stream.write(f"\r{text}\x1b[K" + ("\n" if final else ""))
         else:
