@@ -5,6 +5,7 @@ report and 14 plots), into an empty folder each time, with `--workers 1` and `--
 back to back; PAIRS pairs, each reported with the 1-minute load average before it (the
 machine is shared: run it when the load is low). The cells' own phase (as the command reports
 it) is given too. Every run must reproduce the committed results byte for byte.
+SWEEP_BENCH_PAIRS=1 for a quick look.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 SPEC = ROOT / "experiments" / "sweeps" / "policy_comparison.yaml"
 COMMITTED = ROOT / "experiments" / "results" / "policy_comparison"
-PAIRS = 3
+PAIRS = int(os.environ.get("SWEEP_BENCH_PAIRS", "3"))
 TARGET = 1.6
 
 

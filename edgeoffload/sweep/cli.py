@@ -24,7 +24,7 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="worker processes of the embedded Dask cluster (default: one per core); "
                              "0 runs everything in this process, one cell after another")
     parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                        help="run on an existing Dask cluster, e.g. tcp://10.0.0.5:8786 (its workers need "
+                        help="run on an existing Dask cluster, e.g. tcp://scheduler-host:8786 (its workers need "
                              "this edgeoffload version installed)")
     parser.add_argument("--no-plots", action="store_true", help="write the table, report.md and summary.json only")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
