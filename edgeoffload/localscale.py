@@ -33,17 +33,6 @@ IN_FLIGHT_METRIC = "edgeoffload_inference_in_flight"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def default_hpa(max_replicas: int = 3, in_flight_target: float = 1.0, sync_period_s: float = 15.0) -> HPASpec:
-    """The local default: scale on in-flight requests per replica (the custom metric of autoscale.yml).
-
-    A target of one in-flight request per detector instance means "busy all the time"; the
-    preprocessor bounds its concurrent requests per site, so a higher target might never be reached.
-    """
-    return HPASpec(min_replicas=1, max_replicas=max_replicas,
-                   metrics=(MetricTarget("Pods", IN_FLIGHT_METRIC, "AverageValue", in_flight_target),),
-                   sync_period_s=sync_period_s)
-
-
 def check_servable(spec: HPASpec) -> None:
     """The local autoscaler knows two metrics: cpu (Resource) and in-flight requests (Pods)."""
     for metric in spec.metrics:
@@ -383,5 +372,5 @@ class LocalAutoscaler:
                 next_sync = now + period
 
 
-__all__ = ["LocalAutoscaler", "LocalReplica", "ReplicaPool", "ScaleStatus", "default_hpa", "check_servable",
+__all__ = ["LocalAutoscaler", "LocalReplica", "ReplicaPool", "ScaleStatus", "check_servable",
            "scrape_in_flight", "process_tree_cpu_seconds", "IN_FLIGHT_METRIC"]

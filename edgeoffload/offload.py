@@ -352,6 +352,9 @@ class Offloader:
         self.sources: dict[str, ReplicaSource] = {name: StaticReplicas(cfg.url, cfg.replicas)
                                                   for name, cfg in self.configs.items()}
         self.sources.update(sources or {})
+        for name, source in self.sources.items():
+            if source.kind != "static":
+                self.monitors[name].set_replicas(0)   # none known until the source reports
         self.balancers = {name: Balancer(cfg.per_replica, assumed=cfg.replicas, max_in_flight=cfg.max_in_flight)
                           for name, cfg in self.configs.items()}
         self._senders = {name: Senders(f"send-{name}") for name, cfg in self.configs.items()}
@@ -567,6 +570,10 @@ class Offloader:
             self._open_jobs -= 1
             if not self._open_jobs:
                 self._open_cond.notify_all()
+
+    def discovery_pending(self) -> list[str]:
+        """Sites whose replica source has not reported yet (e.g. the API server is unreachable)."""
+        return [name for name, balancer in self.balancers.items() if not balancer.synced]
 
     @property
     def open_frames(self) -> int:

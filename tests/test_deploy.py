@@ -428,14 +428,6 @@ def test_simulator_hpa_equals_autoscale_yml() -> None:
         pytest.skip("no scenario autoscales a pool")
 
 
-def test_local_autoscaler_scales_on_the_deployed_metric() -> None:
-    from edgeoffload.localscale import default_hpa
-
-    edge = {spec.target: spec for spec in load_hpa_manifests(ROOT / "autoscale.yml")}["edge-inference"]
-    deployed = {(m.kind, m.name, m.target_type) for m in edge.metrics if m.kind == "Pods"}
-    assert {(m.kind, m.name, m.target_type) for m in default_hpa().metrics if m.kind == "Pods"} == deployed
-
-
 def test_the_preprocessor_fills_every_replica_past_its_hpa_target() -> None:
     """The in-flight metric only counts frames the preprocessor sends. It sends each ready
     replica up to the unit's admission bound, so a busy site shows more than the target per pod

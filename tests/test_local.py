@@ -62,9 +62,10 @@ def test_testbed_wires_every_unit_and_stops_every_process(tmp_path: Path) -> Non
             time.sleep(0.1)
         watcher.close()
         pools = statuses["edgeoffload/status/autoscaler"]["pools"]
-        assert pools["edge"]["replicas"] == pools["cloud"]["replicas"] == 1
+        # autoscale.yml's minReplicas (cloud: 2), within the local bound of 2
+        assert (pools["edge"]["replicas"], pools["cloud"]["replicas"]) == (1, 2)
         pids = testbed.child_pids()
-        assert len(pids) == 5  # broker, 2 inference replicas, preprocessor, webserver
+        assert len(pids) == 6  # broker, 3 inference replicas, preprocessor, webserver
         assert sorted(pids) == sorted(_pids(tmp_path))
     finally:
         testbed.stop()
@@ -110,7 +111,7 @@ def test_up_stops_every_process_on_a_signal(tmp_path: Path, sig: signal.Signals)
             if "testbed running" in line:
                 break
         pids = _pids(tmp_path)
-        assert len(pids) == 5
+        assert len(pids) == 6
         assert all(_group_alive(pid) for pid in pids)
         process.send_signal(sig)
         assert process.wait(30) == 0
@@ -152,5 +153,22 @@ spec:
     assert edge.metrics[0].name == "edgeoffload_inference_in_flight" and edge.metrics[0].value == 1.5
     with pytest.raises(HPAError, match="cloud inference unit, found 0"):
         hpa_for(options, "cloud")
-    default = hpa_for(TestbedOptions(), "cloud")
-    assert default.metrics[0].kind == "Pods" and default.metrics[0].value == 1.0
+    default = hpa_for(TestbedOptions(), "cloud")   # the project's autoscale.yml, as on Kubernetes
+    assert (default.name, default.min_replicas, default.max_replicas) == ("cloud-inference", 2, 2)
+    assert {(m.kind, m.name) for m in default.metrics} == {("Resource", "cpu"), ("Pods", "edgeoffload_inference_in_flight")}
+
+
+def test_units_run_with_the_configmaps_settings_and_discover_replicas_like_on_kubernetes(tmp_path: Path) -> None:
+    from edgeoffload.unitfolders import unit_settings
+
+    options = TestbedOptions(edge=SiteOptions(replicas=2), autoscale=False, workdir=str(tmp_path))
+    with Testbed(options) as testbed:
+        shipped = unit_settings("edge-inference").env
+        pool = testbed.pools["edge"]
+        assert {k: pool.env[k] for k in shipped if k != "INFER_SITE"} == {k: v for k, v in shipped.items() if k != "INFER_SITE"}
+        assert "KEEPALIVE" not in pool.env                     # gunicorn's keep-alive, as shipped
+        state = requests.get(testbed.preprocessor_url + "/api/state", timeout=5).json()
+        per_replica = int(unit_settings("preprocessor").env["PRE_EDGE_REPLICA_CONCURRENCY"])
+        assert state["edge"]["discovery"]["source"] == "kubernetes" and state["edge"]["replicas"] == 2
+        assert state["edge"]["concurrency"] == 2 * per_replica
+        assert sorted(b["name"] for b in state["edge"]["backends"]) == ["edge-inference-1", "edge-inference-2"]

@@ -14,9 +14,13 @@ import requests
 
 from edgeoffload.hpa import Behavior, HPAError, HPASpec, MetricTarget, ScalingPolicy, ScalingRules
 from edgeoffload.load.sample_video import SampleVideoSpec, sample_jpegs
-from edgeoffload.localscale import (IN_FLIGHT_METRIC, LocalAutoscaler, ReplicaPool, check_servable, default_hpa,
+from edgeoffload.endpointslices import EndpointSliceStore
+from edgeoffload.hpa import load_hpa_manifests
+from edgeoffload.local import SiteOptions
+from edgeoffload.localscale import (IN_FLIGHT_METRIC, LocalAutoscaler, ReplicaPool, check_servable,
                                     process_tree_cpu_seconds, scrape_in_flight)
 from edgeoffload.relay import TcpRelay
+from edgeoffload.unitfolders import autoscale_file
 
 FAST_DOWN = Behavior(scale_down=ScalingRules(0, (ScalingPolicy("Percent", 100, 15),)))
 
@@ -24,12 +28,17 @@ FAST_DOWN = Behavior(scale_down=ScalingRules(0, (ScalingPolicy("Percent", 100, 1
 @pytest.fixture
 def pool(tmp_path: Path):
     relay = TcpRelay().start()
-    replicas = ReplicaPool("edge", {"INFER_SITE": "edge", "INFER_KIND": "haar-face", "KEEPALIVE": "0"}, relay,
-                           tmp_path, instances=1)
+    replicas = ReplicaPool("edge", SiteOptions(instances=1).inference_env("edge"), relay, tmp_path,
+                           endpoints=EndpointSliceStore(), pre_stop_s=0.5)
     replicas.scale_to(1)
     yield replicas
     replicas.stop()
     relay.stop()
+
+
+def ready_names(pool: ReplicaPool) -> list[str]:
+    _version, slices = pool.endpoints.list("edge-inference")
+    return [s["endpoints"][0]["targetRef"]["name"] for s in slices if s["endpoints"][0]["conditions"]["ready"]]
 
 
 def _flood(url: str, stop: threading.Event, frame: bytes) -> None:
@@ -39,9 +48,9 @@ def _flood(url: str, stop: threading.Event, frame: bytes) -> None:
 
 
 def test_idle_replica_reports_zero_in_flight_and_its_cpu_time(pool: ReplicaPool) -> None:
-    url = pool.replicas[0].url
+    url = pool.replicas[0].unit.url
     assert scrape_in_flight(url) == 0.0
-    assert process_tree_cpu_seconds(pool.replicas[0].process.pid) > 0.1  # python + OpenCV + model load
+    assert process_tree_cpu_seconds(pool.replicas[0].pid) > 0.1  # python + OpenCV + model load
     assert scrape_in_flight("http://127.0.0.1:9") is None
 
 
@@ -90,6 +99,32 @@ def test_scales_up_under_load_and_back_down_when_idle(pool: ReplicaPool) -> None
     assert pool.peak == 2
 
 
+def test_replicas_are_published_as_endpointslices_and_drain_on_scale_down(pool: ReplicaPool) -> None:
+    pool.scale_to(2)
+    assert ready_names(pool) == ["edge-inference-1", "edge-inference-2"]
+    leaving = pool.replicas[-1]
+    pool.scale_to(1)
+    # Out of the Service and terminating at once; still serving during preStop; then gone.
+    assert ready_names(pool) == ["edge-inference-1"] and len(pool.relay.backends) == 1
+    assert leaving.unit.process.poll() is None and leaving.pid in pool.pids()
+    deadline = time.monotonic() + 15
+    while len(pool.endpoints.list("edge-inference")[1]) > 1:   # its slice is deleted after SIGTERM
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert leaving.unit.process.wait(5) == 0 and leaving.pid not in pool.pids()
+
+
+def test_a_replica_that_dies_leaves_the_rotation_at_once(pool: ReplicaPool) -> None:
+    pool.scale_to(2)
+    victim = pool.replicas[0]
+    os.killpg(victim.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while ready_names(pool) != ["edge-inference-2"]:
+        assert time.monotonic() < deadline, ready_names(pool)
+        time.sleep(0.05)
+    assert pool.size == 1 and pool.exits == 1 and len(pool.relay.backends) == 1
+
+
 def test_cpu_metric_is_utilisation_of_the_request(pool: ReplicaPool) -> None:
     spec = HPASpec(min_replicas=1, max_replicas=3, metrics=(MetricTarget("Resource", "cpu", "Utilization", 50),))
     pool.pod_samples(spec, time.monotonic())  # restart the window
@@ -111,7 +146,8 @@ def test_cpu_metric_is_utilisation_of_the_request(pool: ReplicaPool) -> None:
 
 
 def test_only_measurable_metrics_are_accepted() -> None:
-    check_servable(default_hpa())
+    for spec in load_hpa_manifests(autoscale_file()):   # every deployed HPA can be run locally
+        check_servable(spec)
     with pytest.raises(HPAError, match="memory"):
         check_servable(HPASpec(metrics=(MetricTarget("Resource", "memory", "AverageValue", 1e9),)))
     with pytest.raises(HPAError, match="queue_depth"):

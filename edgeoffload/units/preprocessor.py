@@ -8,7 +8,8 @@ Routes:
                          published for an accepted frame), 413 too large, 415 not image/*.
   GET  /api/state        JSON snapshot of both sites as the policy sees them, queues, MQTT, sources
   GET  /v2/health/live   200 while the process runs
-  GET  /v2/health/ready  200 while the record buffer has room for every open frame, else 503
+  GET  /v2/health/ready  200 once each site's replicas are known and while the record buffer
+                         has room for every open frame, else 503
   GET  /metrics          Prometheus text format
 Frames also come from built-in sources (PRE_SOURCES, see edgeoffload.sources).
 
@@ -415,6 +416,10 @@ def create_app(config: PreprocessorConfig | None = None, policy: Policy | None =
         # Ready while every frame accepted now can still have its record held until the broker
         # takes it: a broker restart alone does not take the unit out of its Service.
         room, connected = service.record_room(), service.publisher.connected
+        if pending := service.offloader.discovery_pending():
+            errors = "; ".join(f"{site}: {service.offloader.sources[site].status().get('last_error') or 'listing'}"
+                               for site in pending)
+            return error(503, f"waiting for the replicas of {', '.join(pending)} ({errors})")
         if room <= 0:
             return error(503, f"record buffer full ({config.mqtt_max_buffered}); MQTT connected: {connected} "
                               f"{service.publisher.last_error}".strip())
