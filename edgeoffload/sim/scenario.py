@@ -23,7 +23,7 @@ from typing import Any, Literal, Mapping
 import yaml
 
 from edgeoffload.hpa import CONTROLLER_SETTINGS, HPAError, HPASpec, find_hpa, kubernetes_release
-from edgeoffload.sim.distributions import Dist, ScenarioError, constant, load_profile, parse_dist
+from edgeoffload.sim.distributions import Dist, ScenarioError, constant, load_profile, parse_dist, stream_seed
 from edgeoffload.estimate import DEFAULT_ALPHA, DEFAULT_PROBE_INTERVAL_S
 
 
@@ -117,6 +117,12 @@ class Scenario:
 
     def with_seed(self, seed: int) -> "Scenario":
         return dataclasses.replace(self, seed=seed)
+
+    @property
+    def policy_seed(self) -> int:
+        """The seed a policy built for this scenario gets (load_policy(spec, seed=...)): the
+        scenario seed's "policy" stream, independent of every other stream."""
+        return stream_seed(self.seed, "policy")
 
 
 # ------------------------------------------------------------------ validation helpers

@@ -222,3 +222,17 @@ def test_example_scenario_runs() -> None:
     assert summary.frames == 10 * 10 * (300 - 30)
     assert summary.ok > 0.95 * summary.frames
     assert 0 < summary.cloud_share < 1
+
+
+@pytest.mark.parametrize("spec", ["random:0.5", "bandit:1"])   # bandit:1 flips a coin for every frame
+def test_the_scenario_seed_reaches_the_policy(scenario, tmp_path: Path, spec: str) -> None:
+    """One periodic camera: the frames' order does not depend on the seed, so the edge/cloud
+    sequence is the policy's own coin flips, which follow the scenario seed (Scenario.policy_seed)."""
+    def sites(seed: int) -> list[str]:
+        out = tmp_path / f"{seed}.csv"
+        run_scenario(scenario(seed=seed, cameras=[{"name": "cam", "fps": 10}]), spec, out=out)
+        return [r.site for r in sorted(read_records(out), key=lambda r: r.frame_id)]
+    first = sites(1)
+    assert len(first) == 200 and set(first) == {"edge", "cloud"}
+    assert sites(1) == first          # the same seed repeats every flip
+    assert sites(2) != first          # another seed flips other coins
