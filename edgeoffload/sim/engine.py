@@ -24,11 +24,12 @@ import simpy
 from edgeoffload.hpa import HPAController
 from edgeoffload.policy import Observation, Policy, SiteState, load_policy
 from edgeoffload.records import FrameRecord, RecordWriter
+from edgeoffload.sim.dispatch import Dispatcher
 from edgeoffload.sim.distributions import stream
 from edgeoffload.sim.fastinit import direct_constructor
 from edgeoffload.sim.network import WanLink
 from edgeoffload.estimate import SiteEstimator
-from edgeoffload.sim.pools import Frame, Pool, SharedCpu, make_pool
+from edgeoffload.sim.pools import Frame, Pod, Pool, SharedCpu, make_pool
 from edgeoffload.sim.scenario import CameraGroup, Scenario, load_scenario
 from edgeoffload.sim.stats import SiteAccumulator, SiteSummary, Summary, TimelinePoint
 
@@ -134,6 +135,13 @@ class Simulation:
         self._decide = policy.estimate_to_cloud
         self._learn = policy.feedback
         self._policy_name = policy.name
+        self.dispatchers: dict[str, Dispatcher] = {}
+        if scenario.dispatch is not None:
+            spec = scenario.dispatch
+            for site, pool, send in (("edge", self.edge, self._send_edge), ("cloud", self.cloud, self._send_cloud)):
+                refuse = (lambda frame, now, reason, s=site: self._refused(frame, s, now, reason))
+                self.dispatchers[site] = Dispatcher(pool, spec.per_replica[site], spec.queue_size,
+                                                    spec.max_in_flight, send, refuse)
 
     # ------------------------------------------------------------------ set-up
     def _start(self) -> None:
@@ -221,6 +229,9 @@ class Simulation:
                         cloud_view.uplink_bps, cloud_view.ready and cloud_view.failures < cloud_view.failure_threshold))
         if self._decide(observation):
             cloud_view.in_flight += 1
+            if self.dispatchers:
+                self.dispatchers["cloud"].submit(frame, now)
+                return
             link = self.link
             left = link.transmit(now, frame.size * 8)
             frame.uplink_s = left - now
@@ -228,13 +239,42 @@ class Simulation:
             heapq.heappush(self._heap, (left + frame.up_s, next(self._seq), self._cloud_arrive, frame))
             return
         edge_view.in_flight += 1
+        if self.dispatchers:
+            self.dispatchers["edge"].submit(frame, now)
+            return
         reason = self.edge.arrive(frame, now)
         if reason is not None:
             frame.arrived = now
             self._failed(frame, self._edge_site, now, reason)
 
+    def _send_edge(self, frame: Frame, pod: Pod, now: float) -> None:
+        """Dispatch model: the preprocessor sends `frame` to edge replica `pod`."""
+        reason = self.edge.arrive_at(pod, frame, now)
+        if reason is not None:
+            frame.arrived = now
+            self._failed(frame, self._edge_site, now, reason)
+
+    def _send_cloud(self, frame: Frame, pod: Pod, now: float) -> None:
+        """Dispatch model: `frame` leaves for cloud replica `pod` over the WAN."""
+        link = self.link
+        left = link.transmit(now, frame.size * 8)
+        frame.uplink_s = left - now
+        frame.up_s = link.one_way_s(left)
+        heapq.heappush(self._heap, (left + frame.up_s, next(self._seq), self._cloud_arrive, frame))
+
+    def _refused(self, frame: Frame, site_name: str, now: float, reason: str) -> None:
+        """Dispatch model: a frame the preprocessor did not send (queue full, no ready replica)."""
+        site = self._edge_site if site_name == "edge" else self._cloud_site
+        frame.arrived = now
+        if reason == "no_ready_pods":
+            self._failed(frame, site, now, reason)
+            return
+        site.view.in_flight -= 1   # an eviction from our own queue says nothing about the site's health
+        self._account_failure(frame, site, now, "dropped", reason, sent=0, network_ms=0.0)
+
     def _cloud_arrive(self, frame: Frame) -> None:
-        reason = self.cloud.arrive(frame, self.now)
+        target = frame.target
+        reason = self.cloud.arrive(frame, self.now) if target is None else self.cloud.arrive_at(target, frame, self.now)
         if reason is not None:   # the 503 / connection refusal travels back
             frame.arrived, frame.reason = self.now, reason
             frame.down_s = self.link.one_way_s(self.now)
@@ -261,7 +301,8 @@ class Simulation:
         sent = frame.size if site.remote else 0
         view.answered(frame.service, network_s, frame.size)
         total_ms = (now - frame.captured) * 1000.0
-        queue_ms = (frame.started - frame.arrived) * 1000.0
+        # waiting at the pod, plus (dispatch model) in the preprocessor's queue
+        queue_ms = (frame.started - frame.arrived + frame.dispatched - frame.captured) * 1000.0
         inference_ms = frame.service * 1000.0
         network_ms = network_s * 1000.0
         deadline = frame.deadline_s
@@ -281,20 +322,30 @@ class Simulation:
                     acc.deadline_met += 1
                 else:
                     acc.deadline_missed += 1
+        pod = frame.pod
         record = _frame_record(frame.camera, frame.frame_id, frame.captured, site.name, "ok", "", self._policy_name,
-                               site.model, (), sent, queue_ms, network_ms, inference_ms, total_ms, met)
+                               site.model, (), sent, queue_ms, network_ms, inference_ms, total_ms, met,
+                               pod.name if pod is not None else "")
         self._learn(record)
         if self.writer is not None:
             self.writer.write(record)
+        if self.dispatchers:
+            self.dispatchers[site.name].done(frame, now)
 
     def _failed(self, frame: Frame, site: _Site, now: float, reason: str) -> None:
         """A 503 (queue full: status dropped) or no endpoint (status error) reached the preprocessor."""
         site.view.in_flight -= 1
         site.view.failed()
         status = "dropped" if reason == "queue_full" else "error"
-        sent = frame.size if site.remote else 0
+        self._account_failure(frame, site, now, status, reason, frame.size if site.remote else 0,
+                              (frame.uplink_s + frame.up_s + frame.down_s) * 1000.0)
+        if self.dispatchers:
+            self.dispatchers[site.name].done(frame, now)
+
+    def _account_failure(self, frame: Frame, site: _Site, now: float, status: str, reason: str, sent: int,
+                         network_ms: float) -> None:
+        """Statistics, record and policy feedback of a frame that got no answer."""
         total_ms = (now - frame.captured) * 1000.0
-        network_ms = (frame.uplink_s + frame.up_s + frame.down_s) * 1000.0
         met = None if frame.deadline_s is None else False
         if frame.captured >= self._warmup:
             acc = site.acc
@@ -307,7 +358,7 @@ class Simulation:
             if met is not None:
                 acc.deadline_missed += 1
         record = _frame_record(frame.camera, frame.frame_id, frame.captured, site.name, status, reason,
-                               self._policy_name, site.model, (), sent, 0.0, network_ms, 0.0, total_ms, met)
+                               self._policy_name, site.model, (), sent, 0.0, network_ms, 0.0, total_ms, met, "")
         self._learn(record)
         if self.writer is not None:
             self.writer.write(record)
@@ -324,9 +375,15 @@ class Simulation:
                 for _ in range(desired - current):
                     pod = pool.add_pod(now)
                     boot = self.env.timeout(self._cold_start[pool.spec.name]())
-                    boot.callbacks.append(lambda _event, pod=pod: pool.make_ready(pod, self.env.now))
+                    boot.callbacks.append(lambda _event, pod=pod: self._ready(pool, pod))
             elif desired < current:
                 pool.scale_down(current - desired, now)
+
+    def _ready(self, pool: Pool, pod: Pod) -> None:
+        """A pod passed its ready probe: it serves, and the preprocessor may send it frames."""
+        pool.make_ready(pod, self.env.now)
+        if self.dispatchers:
+            self.dispatchers[pool.spec.name].pump(self.env.now)
 
     def _probe_sites(self) -> Iterator[simpy.Event]:
         """The preprocessor's periodic ready probes: a site is ready while it has a ready pod."""

@@ -31,7 +31,7 @@ class Frame:
     """One frame on its way through the model (times in simulated seconds)."""
 
     __slots__ = ("camera", "frame_id", "captured", "size", "deadline_s", "arrived", "started", "service",
-                 "uplink_s", "up_s", "down_s", "pod", "reason", "content")
+                 "uplink_s", "up_s", "down_s", "pod", "reason", "content", "target", "dispatched")
 
     def __init__(self, camera: str, frame_id: int, captured: float, size: int, deadline_s: float | None,
                  content: str = "") -> None:
@@ -45,16 +45,21 @@ class Frame:
         self.pod: Pod | None = None
         self.reason = ""
         self.content = content           # which picture (trace `content`): scales the service draw
+        self.target: Pod | None = None   # the replica the preprocessor sent it to (dispatch model)
+        self.dispatched = captured       # when it left the preprocessor's queue
 
 
 class Pod:
     """One replica. Busy time is integrated exactly (worker-seconds) for CPU metrics and energy."""
 
-    __slots__ = ("pid", "workers", "created", "ready_at", "ready", "terminating", "gone_at", "idle", "busy",
-                 "queue", "in_system", "_busy_acc", "_busy_mark", "scrape_busy", "scrape_at")
+    __slots__ = ("pid", "name", "workers", "created", "ready_at", "ready", "terminating", "gone_at", "idle", "busy",
+                 "queue", "in_system", "_busy_acc", "_busy_mark", "scrape_busy", "scrape_at", "sent", "last_pick")
 
-    def __init__(self, pid: int, workers: int, created: float) -> None:
+    def __init__(self, pid: int, workers: int, created: float, name: str = "") -> None:
         self.pid = pid
+        self.name = name                 # as records name the replica
+        self.sent = 0                    # requests the preprocessor has outstanding here (dispatch model)
+        self.last_pick = 0
         self.workers = workers
         self.created = created
         self.ready_at: float | None = None
@@ -192,7 +197,8 @@ class Pool:
         return len(self.endpoints)
 
     def add_pod(self, now: float) -> Pod:
-        pod = Pod(next(self._pid), self.spec.workers, now)
+        pid = next(self._pid)
+        pod = Pod(pid, self.spec.workers, now, f"{self.spec.name}-{pid}")
         self.pods.append(pod)
         self.peak_replicas = max(self.peak_replicas, self.replicas)
         return pod
@@ -297,7 +303,14 @@ class PerPodPool(Pool):
             return "no_ready_pods"
         index = self._next % len(endpoints)
         self._next = index + 1
-        pod = endpoints[index]
+        return self.arrive_at(endpoints[index], frame, now)
+
+    def arrive_at(self, pod: Pod, frame: Frame, now: float) -> str | None:
+        """A frame reaches `pod` itself (the preprocessor chose it); a terminating pod still
+        serves what reaches it, as during its preStop. One already gone refuses the connection,
+        and the preprocessor tries another replica of the site."""
+        if pod.gone_at is not None:
+            return self.arrive(frame, now)
         frame.arrived = now
         if pod.idle:
             self._start(pod, frame, now)

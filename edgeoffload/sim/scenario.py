@@ -9,6 +9,8 @@ Top-level keys (see experiments/scenarios/baseline.yaml for a commented example)
   observer: {ewma_alpha, probe_interval_s, edge_service_ms, cloud_service_ms, cloud_rtt_ms, cloud_uplink_mbps}
   shared_cpu: {cores, pools}   optional: the listed pools (default edge and cloud) run on one
                                machine and share `cores` cores (processor sharing, see pools.SharedCpu)
+  dispatch: {queue_size, per_replica, max_in_flight}   optional: the preprocessor's per-site queue and
+                               per-replica concurrency (see sim.dispatch); absent: frames go straight to the pods
 """
 from __future__ import annotations
 
@@ -102,6 +104,15 @@ class SharedCpuSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class DispatchSpec:
+    """The preprocessor's dispatch (PRE_QUEUE_SIZE, PRE_*_REPLICA_CONCURRENCY, PRE_MAX_IN_FLIGHT_PER_SITE)."""
+
+    queue_size: int = 8
+    per_replica: Mapping[str, int] = field(default_factory=lambda: {"edge": 4, "cloud": 4})
+    max_in_flight: int = 256
+
+
+@dataclass(frozen=True, slots=True)
 class Scenario:
     name: str
     duration_s: float
@@ -114,6 +125,7 @@ class Scenario:
     seed: int = 0
     timeline_interval_s: float = 15.0
     shared_cpu: SharedCpuSpec | None = None
+    dispatch: DispatchSpec | None = None
 
     def with_seed(self, seed: int) -> "Scenario":
         return dataclasses.replace(self, seed=seed)
@@ -208,7 +220,7 @@ def load_scenario(source: str | Path | Mapping[str, Any], base_dir: Path | None 
 
 def parse_scenario(raw: Any, base_dir: Path) -> Scenario:
     top = _Fields(raw, "", {"name", "duration_s", "warmup_s", "seed", "timeline_interval_s", "cameras",
-                            "wan", "edge", "cloud", "observer", "shared_cpu"})
+                            "wan", "edge", "cloud", "observer", "shared_cpu", "dispatch"})
     cameras_raw = raw.get("cameras")
     if not isinstance(cameras_raw, list) or not cameras_raw:
         raise ScenarioError("cameras", "must be a non-empty list of camera groups")
@@ -234,7 +246,26 @@ def parse_scenario(raw: Any, base_dir: Path) -> Scenario:
                               cloud_service_ms=observer.number("cloud_service_ms", 80.0, gt=0),
                               cloud_rtt_ms=observer.number("cloud_rtt_ms", 0.0, ge=0),
                               cloud_uplink_mbps=observer.optional_number("cloud_uplink_mbps", gt=0)),
-        shared_cpu=_shared_cpu(raw.get("shared_cpu")))
+        shared_cpu=_shared_cpu(raw.get("shared_cpu")), dispatch=_dispatch(raw))
+
+
+def _dispatch(raw: Mapping[str, Any]) -> DispatchSpec | None:
+    """`dispatch: {queue_size, per_replica: N | {edge: N, cloud: M}, max_in_flight}`."""
+    if raw.get("dispatch") is None:
+        return None
+    fields = _Fields(raw["dispatch"], "dispatch", {"queue_size", "per_replica", "max_in_flight"})
+    per_replica = raw["dispatch"].get("per_replica", 4)
+    if isinstance(per_replica, Mapping):
+        sites = _Fields(per_replica, "dispatch.per_replica", {"edge", "cloud"})
+        bounds = {site: sites.integer(site, 4, ge=1) for site in ("edge", "cloud")}
+    else:
+        bound = fields.integer("per_replica", 4, ge=1)
+        bounds = {"edge": bound, "cloud": bound}
+    for site in ("edge", "cloud"):
+        if (raw.get(site) or {}).get("queue") == "shared":
+            raise ScenarioError(f"{site}.queue", "dispatch sends each request to one replica: use queue: per-pod")
+    return DispatchSpec(queue_size=fields.integer("queue_size", 8, ge=1), per_replica=bounds,
+                        max_in_flight=fields.integer("max_in_flight", 256, ge=1))
 
 
 def _camera(raw: Any, path: str, base_dir: Path) -> CameraGroup:
@@ -419,5 +450,5 @@ def _hpa(raw: Any, path: str, base_dir: Path) -> HPASpec | None:
     return spec
 
 
-__all__ = ["CameraGroup", "ObserverSpec", "PoolSpec", "Scenario", "ScenarioError", "SharedCpuSpec", "WanSpec",
+__all__ = ["CameraGroup", "DispatchSpec", "ObserverSpec", "PoolSpec", "Scenario", "ScenarioError", "SharedCpuSpec", "WanSpec",
            "load_scenario", "parse_scenario"]
