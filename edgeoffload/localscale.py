@@ -18,7 +18,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 from urllib.parse import urlparse
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -314,6 +314,13 @@ class ScaleStatus:
     metrics: dict[str, float]
 
 
+def status_message(pools: Mapping[str, ReplicaPool], statuses: list[ScaleStatus]) -> dict[str, Any]:
+    """The retained status the web page shows: replicas per Deployment, and each pool's decision."""
+    return {"state": "running", "replicas": {pools[s.pool].service: s.replicas for s in statuses},
+            "pools": {s.pool: {"replicas": s.replicas, "desired": s.desired, "reason": s.reason, "metrics": s.metrics}
+                      for s in statuses}}
+
+
 class LocalAutoscaler:
     """Runs HPAController.step for each pool every sync period, in a background thread."""
 
@@ -353,9 +360,7 @@ class LocalAutoscaler:
             statuses.append(ScaleStatus(name, pool.size, desired, decision.reason if decision else "", averages))
         self.history.extend(statuses)
         if self.publish is not None:
-            self.publish({"state": "running", "pools": {s.pool: {"replicas": s.replicas, "desired": s.desired,
-                                                                 "reason": s.reason, "metrics": s.metrics}
-                                                        for s in statuses}})
+            self.publish(status_message({name: pool for name, (pool, _) in self.pools.items()}, statuses))
         return statuses
 
     def _loop(self) -> None:
@@ -377,5 +382,5 @@ class LocalAutoscaler:
                 next_sync = now + period
 
 
-__all__ = ["LocalAutoscaler", "LocalReplica", "ReplicaPool", "ScaleStatus", "check_servable",
+__all__ = ["LocalAutoscaler", "LocalReplica", "ReplicaPool", "ScaleStatus", "status_message", "check_servable",
            "scrape_in_flight", "process_tree_cpu_seconds", "IN_FLIGHT_METRIC"]
