@@ -355,6 +355,9 @@ class Testbed:
                 link = self.options.wan
                 wan = f" via WAN {1000 * link.delay_s:.0f} ms one-way, {_mbps(link.uplink_bps)} up / {_mbps(link.downlink_bps)} down"
             lines.append(f"{site + ' pool:':<15}{self.relays[site].url} -> {self.pools[site].size} replica(s){wan}")
+        if self.endpoint_api is not None:
+            lines.append(f"EndpointSlices: {self.endpoint_api.url} (kubeconfig {self.kubeconfig}; the preprocessor "
+                         f"discovers replicas here{'' if self.options.discovery == 'kubernetes' else ': not used, static'})")
         if self.broker:
             lines.append(f"replay into it: edgeoffload replay TRACE --target {self.preprocessor_url} "
                          f"--mqtt-port {self.broker.port} --mqtt-user monitor "
