@@ -94,6 +94,8 @@ class LocalReplica:
     name: str
     unit: UnitProcess
     wan_relay: TcpRelay | None = None
+    started_at: float = 0.0    # time.monotonic() at process start (the pod's startTime)
+    ready_at: float = 0.0      # ... when it answered ready (its Ready condition's last transition)
 
     @property
     def pid(self) -> int:
@@ -223,7 +225,7 @@ class ReplicaPool:
         if self.wan is not None:
             host, port = urlparse(unit.url).hostname or "127.0.0.1", urlparse(unit.url).port or 80
             wan_relay = TcpRelay([(host, port)], host=host, link=self.wan, name=f"{name}-wan").start()
-        replica = LocalReplica(name, unit, wan_relay)
+        replica = LocalReplica(name, unit, wan_relay, started_at=pending.since, ready_at=time.monotonic())
         with self._lock:
             live = pending in self.starting and not self._stopping.is_set()
             if live:
@@ -235,7 +237,7 @@ class ReplicaPool:
             return
         with self._lock:
             self.windows[replica.pid] = ReplicaWindow(cpu_start_s=process_tree_cpu_seconds(replica.pid),
-                                                      wall_start=time.monotonic())
+                                                      wall_start=replica.ready_at)
             self.peak = max(self.peak, len(self.replicas))
         self._publish(replica, ready=True)
         self._watch()
@@ -317,7 +319,8 @@ class ReplicaPool:
             with self._lock:
                 window = self.windows.setdefault(pid, ReplicaWindow(cpu_start_s=cpu_now, wall_start=now))
                 values: dict[str, float] = {}
-                elapsed = now - window.wall_start
+                window_start = window.wall_start
+                elapsed = now - window_start
                 for metric in spec.metrics:
                     if metric.kind == "Resource" and elapsed > 0:
                         values["cpu"] = max(0.0, cpu_now - window.cpu_start_s) / elapsed
@@ -325,7 +328,8 @@ class ReplicaPool:
                         values[metric.name] = sum(window.in_flight) / len(window.in_flight)
                 window.reset(cpu_now, now)
             samples.append(PodSample(name=replica.name, ready=alive, phase="Running" if alive else "Failed",
-                                     values=values, requests={"cpu": self.cpu_request}))
+                                     values=values, requests={"cpu": self.cpu_request}, started_at=replica.started_at,
+                                     ready_changed_at=replica.ready_at, window_start=window_start))
         return samples + pending
 
     def stop(self) -> None:

@@ -464,7 +464,7 @@ def run_scenario(scenario: Scenario | str | Path | Mapping[str, Any], policy: Po
     if not isinstance(scenario, Scenario):
         scenario = load_scenario(scenario)
     if isinstance(policy, str):
-        policy = load_policy(policy)
+        policy = load_policy(policy, seed=scenario.policy_seed)
     writer = RecordWriter(out) if out is not None else None
     started = time.perf_counter()
     simulation = Simulation(scenario, policy, writer, progress)

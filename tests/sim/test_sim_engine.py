@@ -152,6 +152,19 @@ def test_hpa_scales_back_down_after_the_load_stops_as_the_window_allows(scenario
     assert held >= immediate + 30    # the 60 s window keeps the recent higher recommendations
 
 
+def test_hpa_keeps_a_pool_that_starts_above_its_need_for_the_scale_down_window(scenario) -> None:
+    """The HPA's first reconcile (at the first sync, 15 s) records the starting 4 replicas
+    (horizontal.go recordInitialRecommendation), so the idle pool is cut only once that record is
+    60 s old: at the sync at 75 s, not at the first one."""
+    hpa = {"minReplicas": 1, "maxReplicas": 6, "behavior": {"scaleDown": {"stabilizationWindowSeconds": 60}},
+           "metrics": [{"type": "Pods", "pods": {"metric": {"name": "in_flight"},
+                                                 "target": {"type": "AverageValue", "averageValue": "500m"}}}]}
+    built = scenario(duration_s=100, timeline_interval_s=5, cloud={"replicas": 4, "hpa": hpa})
+    timeline = {p.t: p.cloud_replicas for p in run_scenario(built, load_policy("edge-only")).summary.timeline}
+    assert all(replicas == 4 for t, replicas in timeline.items() if t <= 70)
+    assert all(replicas == 1 for t, replicas in timeline.items() if t >= 80)
+
+
 def test_hpa_from_a_manifest_file(tmp_path: Path, raw_small) -> None:
     import yaml
 
@@ -209,3 +222,17 @@ def test_example_scenario_runs() -> None:
     assert summary.frames == 10 * 10 * (300 - 30)
     assert summary.ok > 0.95 * summary.frames
     assert 0 < summary.cloud_share < 1
+
+
+@pytest.mark.parametrize("spec", ["random:0.5", "bandit:1"])   # bandit:1 flips a coin for every frame
+def test_the_scenario_seed_reaches_the_policy(scenario, tmp_path: Path, spec: str) -> None:
+    """One periodic camera: the frames' order does not depend on the seed, so the edge/cloud
+    sequence is the policy's own coin flips, which follow the scenario seed (Scenario.policy_seed)."""
+    def sites(seed: int) -> list[str]:
+        out = tmp_path / f"{seed}.csv"
+        run_scenario(scenario(seed=seed, cameras=[{"name": "cam", "fps": 10}]), spec, out=out)
+        return [r.site for r in sorted(read_records(out), key=lambda r: r.frame_id)]
+    first = sites(1)
+    assert len(first) == 200 and set(first) == {"edge", "cloud"}
+    assert sites(1) == first          # the same seed repeats every flip
+    assert sites(2) != first          # another seed flips other coins
