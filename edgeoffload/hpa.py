@@ -41,8 +41,9 @@ it in a cluster; here too: a record counts while it is younger than the window.
 
 Not modelled: Object, External and ContainerResource metrics, scale to zero (HPAScaleToZero needs
 Object or External metrics), pod-level resource requests. When the first reconcile happens is
-the caller's: 1.37 reconciles a new HPA at once and 1.32-1.36 one sync period later (enqueueHPA);
-the simulator and the local autoscaler reconcile first one sync period after they start.
+the caller's (`HPASpec.first_reconcile_s`): 1.37 reconciles a new HPA at once and 1.32-1.36 one
+sync period later (enqueueHPA); the simulator and the local autoscaler do the same from when they
+start, unless `first_sync_s` sets it (e.g. to align a simulation with a testbed's sync phase).
 """
 from __future__ import annotations
 
@@ -250,9 +251,21 @@ class HPASpec:
     initial_readiness_delay_s: float = DEFAULT_INITIAL_READINESS_DELAY_S  # ...-initial-readiness-delay
     name: str = ""
     target: str = ""  # scaleTargetRef.name
+    # When the controller first reconciles this HPA, from when the caller starts it (None: as the
+    # release does, enqueueHPA: 1.37 at once, 1.32-1.36 one sync period later). The simulator and
+    # the local autoscaler then reconcile every sync period after it.
+    first_sync_s: float | None = None
+
+    @property
+    def first_reconcile_s(self) -> float:
+        if self.first_sync_s is not None:
+            return self.first_sync_s
+        return 0.0 if self.minor >= 37 else self.sync_period_s
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kubernetes_version", kubernetes_release(self.kubernetes_version))
+        if self.first_sync_s is not None and not 0 <= self.first_sync_s < math.inf:
+            raise HPAError(f"first_sync_s must be a finite number >= 0, got {self.first_sync_s}")
         if self.min_replicas < 1:
             raise HPAError(f"minReplicas must be >= 1, got {self.min_replicas}")
         if self.max_replicas < self.min_replicas:

@@ -388,10 +388,13 @@ class LocalAutoscaler:
         self.publish = publish
         self.samples_per_sync = max(1, samples_per_sync)
         self.history: list[ScaleStatus] = []
+        self.started_at = self.started_wall = 0.0   # monotonic and wall clock at start(): the sync grid
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="local-autoscaler")
 
     def start(self) -> "LocalAutoscaler":
+        self.started_at = time.monotonic()
+        self.started_wall = time.time()
         self._thread.start()
         return self
 
@@ -420,22 +423,25 @@ class LocalAutoscaler:
         return statuses
 
     def _loop(self) -> None:
-        periods = {spec.sync_period_s for _, spec in self.pools.values()}
-        period = min(periods) if periods else 15.0
-        next_sync = time.monotonic() + period
+        """Reconcile on a fixed grid (first at the HPAs' first_reconcile_s, then every sync
+        period, as the controller requeues each HPA), scraping `samples_per_sync` times between."""
+        specs = [spec for _, spec in self.pools.values()]
+        period = min((spec.sync_period_s for spec in specs), default=15.0)
+        next_sync = self.started_at + min((spec.first_reconcile_s for spec in specs), default=period)
         while not self._stop.is_set():
-            for _ in range(self.samples_per_sync):
-                for pool, _spec in self.pools.values():
-                    pool.sample()
-                if self._stop.wait(period / self.samples_per_sync):
-                    return
             now = time.monotonic()
-            if now >= next_sync - 1e-3:
+            if now >= next_sync:
                 try:
                     self.sync(now)
                 except Exception:  # a failed scale-up must not end autoscaling for the rest of the run
                     log.exception("autoscaler sync failed")
-                next_sync = now + period
+                while next_sync <= time.monotonic():
+                    next_sync += period
+                continue
+            for pool, _spec in self.pools.values():
+                pool.sample()
+            if self._stop.wait(max(0.0, min(period / self.samples_per_sync, next_sync - time.monotonic()))):
+                return
 
 
 __all__ = ["LocalAutoscaler", "LocalReplica", "ReplicaPool", "ScaleStatus", "status_message", "check_servable",

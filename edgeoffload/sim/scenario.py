@@ -422,10 +422,10 @@ def _hpa(raw: Any, path: str, base_dir: Path) -> HPASpec | None:
         return None
     if not isinstance(raw, Mapping):
         raise ScenarioError(path, "must be a mapping")
-    controller_keys = {"kubernetes_version", *CONTROLLER_SETTINGS}
+    controller_keys = {"kubernetes_version", "first_sync_s", *CONTROLLER_SETTINGS}
     settings = _Fields({k: v for k, v in raw.items() if k in controller_keys}, path, controller_keys)
     controller: dict[str, Any] = {key: settings.number(key, gt=0) if key == "sync_period_s" else settings.number(key, ge=0)
-                                  for key in CONTROLLER_SETTINGS if settings.raw.get(key) is not None}
+                                  for key in (*CONTROLLER_SETTINGS, "first_sync_s") if settings.raw.get(key) is not None}
     if raw.get("kubernetes_version") is not None:
         try:
             controller["kubernetes_version"] = kubernetes_release(raw["kubernetes_version"])
