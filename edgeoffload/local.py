@@ -260,10 +260,25 @@ class Testbed:
         self._write_pid_file()
         self._status_publisher = Publisher(self.mqtt_settings("autoscaler"), unit="autoscaler").start()
         if opts.autoscale:
-            pools = {site: (self.pools[site], hpa_for(opts, site)) for site in SITES}
-            self.autoscaler = LocalAutoscaler(pools, publish=self._status_publisher.publish_status).start()
+            self.autoscaler = self._new_autoscaler().start()
         self._status_publisher.publish_status(status_message(self.pools, [
             ScaleStatus(site, pool.size, pool.size, "initial", {}) for site, pool in self.pools.items()]))
+
+    def _new_autoscaler(self) -> LocalAutoscaler:
+        assert self._status_publisher is not None
+        pools = {site: (self.pools[site], hpa_for(self.options, site)) for site in SITES}
+        return LocalAutoscaler(pools, publish=self._status_publisher.publish_status)
+
+    def restart_autoscaler(self) -> LocalAutoscaler:
+        """A fresh start for an experiment: stop the autoscaler, bring each pool back to its
+        starting replicas (waiting until they are ready), and start a new autoscaler, whose HPA
+        controllers remember nothing (as HPAs created now would). Its first reconcile follows."""
+        if self.autoscaler is not None:
+            self.autoscaler.stop()
+        for site, pool in self.pools.items():
+            pool.scale_to(starting_replicas(self.options, site))
+        self.autoscaler = self._new_autoscaler().start()
+        return self.autoscaler
 
     @property
     def kubeconfig(self) -> Path:
