@@ -94,6 +94,8 @@ class LocalReplica:
     name: str
     unit: UnitProcess
     wan_relay: TcpRelay | None = None
+    started_at: float = 0.0    # time.monotonic() at process start (the pod's startTime)
+    ready_at: float = 0.0      # ... when it answered ready (its Ready condition's last transition)
 
     @property
     def pid(self) -> int:
@@ -113,10 +115,21 @@ class LocalReplica:
             self.wan_relay.stop()
 
 
+@dataclass(eq=False)
+class StartingReplica:
+    """A replica being started (a Pending pod): not ready, no metrics yet; scale-down cancels it first."""
+
+    name: str
+    since: float
+    cancelled: bool = False
+
+
 class ReplicaPool:
     """Replicas of one inference unit, like a Deployment behind a Service.
 
-    scale_to() starts gunicorn processes (each ready before it gets traffic) or retires the
+    scale_to() starts gunicorn processes (each ready before it gets traffic; with wait=False in
+    the background, as a ReplicaSet creates pods and returns, so `desired` counts them at once
+    while `size` counts the ready ones) or, cancelling replicas still starting first, retires the
     newest ones as Kubernetes deletes a pod: out of the Service and marked terminating in its
     EndpointSlice at once, serving what it holds for `pre_stop_s` (the preStop hook), then
     SIGTERM (gunicorn finishes in-flight requests) and the slice is deleted. Every replica is
@@ -143,6 +156,7 @@ class ReplicaPool:
         self.pre_stop_s = pre_stop_s
         self.cpu_request = cpu_request
         self.replicas: list[LocalReplica] = []
+        self.starting: list[StartingReplica] = []
         self.terminating: list[LocalReplica] = []
         self.peak = 0            # most replicas at once
         self.rescales = 0        # scale_to calls that changed the count
@@ -155,40 +169,75 @@ class ReplicaPool:
 
     @property
     def size(self) -> int:
+        """Ready replicas (those serving)."""
         with self._lock:
             return len(self.replicas)
 
-    def scale_to(self, count: int) -> None:
-        """Add replicas (each ready before it receives traffic) or retire the newest ones."""
-        if count != self.size:
+    @property
+    def desired(self) -> int:
+        """Ready and starting replicas: the Deployment's replicas, which the HPA reads and sets."""
+        with self._lock:
+            return len(self.replicas) + len(self.starting)
+
+    def scale_to(self, count: int, wait: bool = True) -> None:
+        """Add replicas (each ready before it receives traffic; `wait=False`: in the background)
+        or remove some: replicas still starting first, then the newest ready ones."""
+        count = max(count, 0)
+        with self._lock:
+            if count == len(self.replicas) + len(self.starting):
+                return
             self.rescales += 1
-        while self.size < count:
-            self._add()
-        while self.size > max(count, 0):
-            with self._lock:
-                replica = self.replicas.pop()
+            while self.starting and len(self.replicas) + len(self.starting) > count:
+                self.starting.pop().cancelled = True
+            leaving = [self.replicas.pop() for _ in range(max(0, len(self.replicas) - count))]
+            for replica in leaving:
                 self.windows.pop(replica.pid, None)
                 self.terminating.append(replica)
+            added = [StartingReplica(f"{self.service}-{next(self._serial)}", time.monotonic())
+                     for _ in range(count - len(self.replicas) - len(self.starting))]
+            self.starting.extend(added)
+        for replica in leaving:
             self._publish(replica, ready=False)
             threading.Thread(target=self._retire, args=(replica, self.pre_stop_s), daemon=True,
                              name=f"retire-{replica.name}").start()
             log.info("%s: replica %s terminating (%d left)", self.name, replica.name, self.size)
-            if self.on_change:
-                self.on_change()
+        if leaving and self.on_change:
+            self.on_change()
+        for pending in added:
+            if wait:
+                self._add(pending)
+            else:
+                threading.Thread(target=self._add, args=(pending,), daemon=True, name=f"start-{pending.name}").start()
 
-    def _add(self) -> None:
-        name = f"{self.service}-{next(self._serial)}"
-        unit = start_unit("inference", env={**self.env, "INFER_REPLICA_NAME": name}, workers=self.workers,
-                          threads=self.threads, log_dir=self.log_dir)
+    def _add(self, pending: StartingReplica) -> None:
+        name = pending.name
+        try:
+            unit = start_unit("inference", env={**self.env, "INFER_REPLICA_NAME": name}, workers=self.workers,
+                              threads=self.threads, log_dir=self.log_dir)
+        except Exception:
+            with self._lock:
+                if pending in self.starting:
+                    self.starting.remove(pending)
+            if self._stopping.is_set() or pending.cancelled:
+                return
+            raise
         wan_relay = None
         if self.wan is not None:
             host, port = urlparse(unit.url).hostname or "127.0.0.1", urlparse(unit.url).port or 80
             wan_relay = TcpRelay([(host, port)], host=host, link=self.wan, name=f"{name}-wan").start()
-        replica = LocalReplica(name, unit, wan_relay)
+        replica = LocalReplica(name, unit, wan_relay, started_at=pending.since, ready_at=time.monotonic())
         with self._lock:
-            self.replicas.append(replica)
+            live = pending in self.starting and not self._stopping.is_set()
+            if live:
+                self.starting.remove(pending)
+                self.replicas.append(replica)
+        if not live:   # scaled down (or stopped) while it started
+            replica.stop()
+            log.info("%s: replica %s cancelled while starting", self.name, name)
+            return
+        with self._lock:
             self.windows[replica.pid] = ReplicaWindow(cpu_start_s=process_tree_cpu_seconds(replica.pid),
-                                                      wall_start=time.monotonic())
+                                                      wall_start=replica.ready_at)
             self.peak = max(self.peak, len(self.replicas))
         self._publish(replica, ready=True)
         self._watch()
@@ -260,6 +309,9 @@ class ReplicaPool:
         samples = []
         with self._lock:
             replicas = list(self.replicas)
+        with self._lock:
+            pending = [PodSample(name=p.name, ready=False, phase="Pending", requests={"cpu": self.cpu_request})
+                       for p in self.starting]
         for replica in replicas:
             pid = replica.pid
             alive = replica.unit.process.poll() is None
@@ -267,7 +319,8 @@ class ReplicaPool:
             with self._lock:
                 window = self.windows.setdefault(pid, ReplicaWindow(cpu_start_s=cpu_now, wall_start=now))
                 values: dict[str, float] = {}
-                elapsed = now - window.wall_start
+                window_start = window.wall_start
+                elapsed = now - window_start
                 for metric in spec.metrics:
                     if metric.kind == "Resource" and elapsed > 0:
                         values["cpu"] = max(0.0, cpu_now - window.cpu_start_s) / elapsed
@@ -275,8 +328,9 @@ class ReplicaPool:
                         values[metric.name] = sum(window.in_flight) / len(window.in_flight)
                 window.reset(cpu_now, now)
             samples.append(PodSample(name=replica.name, ready=alive, phase="Running" if alive else "Failed",
-                                     values=values, requests={"cpu": self.cpu_request}))
-        return samples
+                                     values=values, requests={"cpu": self.cpu_request}, started_at=replica.started_at,
+                                     ready_changed_at=replica.ready_at, window_start=window_start))
+        return samples + pending
 
     def stop(self) -> None:
         """Stop every replica now (the testbed is going down: no traffic, no preStop wait)."""
@@ -284,6 +338,9 @@ class ReplicaPool:
         with self._lock:
             replicas, self.replicas = [*self.replicas, *self.terminating], []
             self.terminating = []
+            for pending in self.starting:
+                pending.cancelled = True
+            self.starting = []
         for replica in replicas:
             replica.stop()
             if self.endpoints is not None:
@@ -300,19 +357,22 @@ def _unit_address(unit: UnitProcess) -> tuple[str, int]:
 
 @dataclass(frozen=True, slots=True)
 class ScaleStatus:
-    """What the autoscaler last did for one pool (published retained for the web page)."""
+    """What the autoscaler did for one pool at one sync (published retained for the web page)."""
 
     pool: str
-    replicas: int
-    desired: int
+    replicas: int                 # ready replicas when the sync began
+    desired: int                  # what the HPA set (the Deployment's replicas from now on)
     reason: str
     metrics: dict[str, float]
+    at: float = 0.0               # wall-clock time of the sync
+    current: int = 0              # the Deployment's replicas the HPA read (ready + starting)
 
 
 def status_message(pools: Mapping[str, ReplicaPool], statuses: list[ScaleStatus]) -> dict[str, Any]:
-    """The retained status the web page shows: replicas per Deployment, and each pool's decision."""
-    return {"state": "running", "replicas": {pools[s.pool].service: s.replicas for s in statuses},
-            "pools": {s.pool: {"replicas": s.replicas, "desired": s.desired, "reason": s.reason, "metrics": s.metrics}
+    """The retained status the web page shows: replicas per Deployment (as the HPA set them), and
+    each pool's decision with its ready replicas at the sync."""
+    return {"state": "running", "replicas": {pools[s.pool].service: s.desired for s in statuses},
+            "pools": {s.pool: {"ready": s.replicas, "desired": s.desired, "reason": s.reason, "metrics": s.metrics}
                       for s in statuses}}
 
 
@@ -328,10 +388,13 @@ class LocalAutoscaler:
         self.publish = publish
         self.samples_per_sync = max(1, samples_per_sync)
         self.history: list[ScaleStatus] = []
+        self.started_at = self.started_wall = 0.0   # monotonic and wall clock at start(): the sync grid
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="local-autoscaler")
 
     def start(self) -> "LocalAutoscaler":
+        self.started_at = time.monotonic()
+        self.started_wall = time.time()
         self._thread.start()
         return self
 
@@ -344,37 +407,41 @@ class LocalAutoscaler:
         statuses = []
         for name, (pool, spec) in self.pools.items():
             pods = pool.pod_samples(spec, now)
-            current = pool.size
+            ready, current = pool.size, pool.desired
             desired = self.controllers[name].step(now, current, pods)
             decision = self.controllers[name].last
             if desired != current:
                 log.info("autoscaler %s: %d -> %d (%s)", name, current, desired, decision.reason if decision else "")
-                pool.scale_to(desired)
+                pool.scale_to(desired, wait=False)   # like a ReplicaSet: new pods start in the background
             averages = {metric: sum(p.values.get(metric, 0.0) for p in pods) / max(1, len(pods))
                         for metric in {m for p in pods for m in p.values}}
-            statuses.append(ScaleStatus(name, pool.size, desired, decision.reason if decision else "", averages))
+            statuses.append(ScaleStatus(name, ready, desired, decision.reason if decision else "", averages,
+                                        at=time.time(), current=current))
         self.history.extend(statuses)
         if self.publish is not None:
             self.publish(status_message({name: pool for name, (pool, _) in self.pools.items()}, statuses))
         return statuses
 
     def _loop(self) -> None:
-        periods = {spec.sync_period_s for _, spec in self.pools.values()}
-        period = min(periods) if periods else 15.0
-        next_sync = time.monotonic() + period
+        """Reconcile on a fixed grid (first at the HPAs' first_reconcile_s, then every sync
+        period, as the controller requeues each HPA), scraping `samples_per_sync` times between."""
+        specs = [spec for _, spec in self.pools.values()]
+        period = min((spec.sync_period_s for spec in specs), default=15.0)
+        next_sync = self.started_at + min((spec.first_reconcile_s for spec in specs), default=period)
         while not self._stop.is_set():
-            for _ in range(self.samples_per_sync):
-                for pool, _spec in self.pools.values():
-                    pool.sample()
-                if self._stop.wait(period / self.samples_per_sync):
-                    return
             now = time.monotonic()
-            if now >= next_sync - 1e-3:
+            if now >= next_sync:
                 try:
                     self.sync(now)
                 except Exception:  # a failed scale-up must not end autoscaling for the rest of the run
                     log.exception("autoscaler sync failed")
-                next_sync = now + period
+                while next_sync <= time.monotonic():
+                    next_sync += period
+                continue
+            for pool, _spec in self.pools.values():
+                pool.sample()
+            if self._stop.wait(max(0.0, min(period / self.samples_per_sync, next_sync - time.monotonic()))):
+                return
 
 
 __all__ = ["LocalAutoscaler", "LocalReplica", "ReplicaPool", "ScaleStatus", "status_message", "check_servable",

@@ -24,16 +24,18 @@ OK, FAILED = "ok", "failed"
 
 
 def fresh_policy(cell: Cell) -> Policy:
-    """A policy object of the cell's own: learning state never leaks from one cell into another
-    that happens to run in the same worker process."""
+    """A policy object of the cell's own, seeded as run_scenario seeds a policy spec (from the
+    scenario's seed): learning state never leaks from one cell into another that happens to
+    run in the same worker process."""
+    seed = cell.scenario.policy_seed
     source = cell.policy_source
     if source is None:
         # a module attribute may be a shared instance: copy it (built-ins are new anyway)
-        return copy.deepcopy(load_policy(cell.policy))
+        return copy.deepcopy(load_policy(cell.policy, seed=seed))
     with tempfile.TemporaryDirectory(prefix="edgeoffload-policy-") as folder:
         path = Path(folder) / source.filename
         path.write_text(source.text, encoding="utf-8")
-        return load_policy(f"{path}:{source.attr}")   # a policy file is executed anew on every load
+        return load_policy(f"{path}:{source.attr}", seed=seed)   # a policy file is executed anew on every load
 
 
 def run_cell(cell: Cell) -> dict[str, Any]:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from edgeoffload.policy import load_policy
 from edgeoffload.sim import run_scenario
 from edgeoffload.sweep.cells import CellStore, fresh_policy, result_json, run_cell
 from edgeoffload.sweep.spec import expand, load_spec
@@ -22,7 +21,7 @@ def cell_of(sweep_file: Path, policy: str, seed: int = 1):
 def test_a_cell_is_the_simulation_of_its_inputs(sweep_file: Path) -> None:
     cell = cell_of(sweep_file, "bandit:0.2")
     result = run_cell(cell)
-    direct = run_scenario(cell.scenario, load_policy("bandit:0.2")).summary
+    direct = run_scenario(cell.scenario, "bandit:0.2").summary     # the spec: seeded from the scenario
     assert result["status"] == "ok" and result["error"] == ""
     assert result["summary"] == json.loads(json.dumps(direct.to_dict()))
     assert result["metrics"]["label"] == "bandit:0.2" and result["metrics"]["p95_ms"] == direct.p95_ms
