@@ -190,18 +190,22 @@ def float_texts(values: Sequence[float | None]) -> Any:
     """`repr()` of each float as an Arrow string array (None stays null), computed in C.
 
     repr's shortest round-trip digits cost a few hundred ns per value in Python; Arrow's cast
-    to text finds the same digits in C. Only where the two notations could differ (integral
-    values, exponents, |x| outside repr's fixed-notation range [1e-4, 1e16), nan, inf) is
-    repr itself used, so every text is repr's."""
+    to text finds the same digits in C, and writes them the same way wherever repr uses fixed
+    notation (1e-4 <= |x| < 1e16) except that an integral value lacks repr's ".0", which is
+    added. Elsewhere (exponents, nan, inf) repr itself is used, so every text is repr's."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     numbers = pa.array(values, type=pa.float64())
     texts = pc.cast(numbers, pa.string())
     magnitude = pc.abs(numbers)
-    fixed = pc.and_(pc.match_substring(texts, "."), pc.invert(pc.match_substring(texts, "e")))
-    in_range = pc.and_(pc.greater_equal(magnitude, 1e-4), pc.less(magnitude, 1e16))
-    redo = pc.invert(pc.fill_null(pc.and_(fixed, in_range), True))
+    no_exponent = pc.invert(pc.match_substring(texts, "e"))
+    fraction = pc.match_substring(texts, ".")
+    fixed = pc.and_(pc.and_(no_exponent, pc.less(magnitude, 1e16)),
+                    pc.or_(pc.greater_equal(magnitude, 1e-4), pc.equal(magnitude, 0.0)))
+    integral = pc.and_(fixed, pc.invert(fraction))
+    texts = pc.if_else(integral, pc.binary_join_element_wise(texts, ".0", ""), texts)
+    redo = pc.invert(pc.fill_null(fixed, True))
     if not pc.any(redo).as_py():
         return texts
     redone = [repr(values[index]) for index in pc.indices_nonzero(redo).to_pylist()]
@@ -223,6 +227,7 @@ def _csv_batch(columns: dict[str, list[Any]], schema: Any) -> bytes:
     would need quotes (a comma, a quote or a line break: rare in records); such a batch goes
     through the csv module itself."""
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.csv as pa_csv
 
     texts = {}
@@ -230,8 +235,8 @@ def _csv_batch(columns: dict[str, list[Any]], schema: Any) -> bytes:
         kind = schema.field(name).type
         if kind == pa.float64():
             texts[name] = float_texts(values)
-        elif kind == pa.bool_():
-            texts[name] = pa.array([None if value is None else str(value) for value in values], type=pa.string())
+        elif kind == pa.bool_():   # str(True) is "True"; Arrow would write "true"
+            texts[name] = pc.if_else(pa.array(values, type=kind), "True", "False")
         else:
             texts[name] = pa.array(values, type=kind)
     sink = pa.BufferOutputStream()
