@@ -38,6 +38,11 @@ class Engine:
         self._client: Any = None
 
     @property
+    def started(self) -> bool:
+        """Whether a Dask client (and the embedded cluster) was started."""
+        return self._client is not None
+
+    @property
     def in_process(self) -> bool:
         return self.scheduler is None and self.workers == 0
 
@@ -57,6 +62,8 @@ class Engine:
                       key: Callable[[Item], str]) -> Iterator[tuple[Item, Any]]:
         """(item, function(item)) as each finishes; an exception raised by the call (or the loss
         of its worker) takes the place of its result."""
+        if not items:
+            return
         if self.in_process:
             for item in items:
                 try:

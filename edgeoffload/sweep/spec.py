@@ -324,6 +324,7 @@ def expand(spec: SweepSpec) -> list[tuple[str, Cell]]:
     policy, seed. Cells with the same inputs in two grids are the same cell (same key)."""
     base = spec.base_dir
     raws: dict[str, Any] = {}
+    variants: dict[str, tuple[Scenario, str]] = {}    # (file, overrides) -> parsed scenario and its digest
     names: dict[str, str] = {}
     sources = {policy: policy_source(policy, base) for grid in spec.grids for policy in grid.policies}
     cells: list[tuple[str, Cell]] = []
@@ -336,12 +337,15 @@ def expand(spec: SweepSpec) -> list[tuple[str, Cell]]:
             keys = [key for key, _ in grid.overrides]
             for values in itertools.product(*(values for _, values in grid.overrides)):
                 assignment = tuple(zip(keys, values))
-                scenario = _scenario(raws[file], assignment, base / file, where)
+                variant = json.dumps([file, assignment])
+                if variant not in variants:
+                    scenario = _scenario(raws[file], assignment, base / file, where)
+                    variants[variant] = scenario, scenario_digest(scenario)
+                scenario, digest = variants[variant]
                 if names.setdefault(scenario.name, file) != file:
                     raise SpecError(where,
                                     f"{file} and {names[scenario.name]} are both named {scenario.name!r}: "
                                     "give each scenario its own name")
-                digest = scenario_digest(scenario)
                 for policy in grid.policies:
                     for seed in grid.seeds:
                         key = cell_key(digest, assignment, policy, sources[policy], seed)

@@ -152,6 +152,8 @@ def test_a_grown_spec_runs_only_its_new_cells(make_sweep, tiny_spec, tmp_path: P
         second = run_cells(grown, store, engine)
     assert (first.ran, first.skipped) == (18, 0)
     assert (second.ran, second.skipped) == (18, 18) and pending(grown, store) == []
+    with Engine(workers=2) as engine:       # nothing left to run: no cluster is started for it
+        assert run_cells(grown, store, engine).ran == 0 and not engine.started
 
 
 def test_cells_run_longest_first(sweep_file: Path, tmp_path: Path) -> None:
