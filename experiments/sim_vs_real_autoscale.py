@@ -2,7 +2,7 @@
 
     python experiments/sim_vs_real_autoscale.py [--runs 3] [--out experiments/results/sim_vs_real_autoscale]
 
-A seeded step trace (3 cameras at 1.5 frames/s, x4 from 45 s to 120 s, 300 s in all) drives the
+A seeded step trace (3 cameras at 1.5 frames/s, x4 from 45 s to 135 s, 330 s in all) drives the
 local testbed, whose pools scale with the HPAs of autoscale.yml (capped at 3 replicas each, 15 s
 sync period, Kubernetes 1.37). Inference replicas pad every frame to 300 ms by sleeping
 (INFER_SLEEP_PAD_MS; two detector instances each, as the ConfigMaps ship, so 6.7 frames/s a
@@ -39,13 +39,13 @@ from edgeoffload.local import SiteOptions  # noqa: E402
 from edgeoffload.validation import ValidationResult, ValidationSetup, run_validation  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sim_vs_real_autoscale"
-STEP = TraceSpec(kind="step", cameras=3, rate=1.5, duration_s=300.0, seed=11, step_factor=4.0,
-                 step_start_s=45.0, step_end_s=120.0)
+STEP = TraceSpec(kind="step", cameras=3, rate=1.5, duration_s=330.0, seed=11, step_factor=4.0,
+                 step_start_s=45.0, step_end_s=135.0)
 SITE = SiteOptions(kind="haar-face", replicas=1, max_replicas=3, sleep_pad_ms=300.0)
 # The padded replicas wait instead of computing, so they do not slow each other down: no shared_cpu.
 SETUP = ValidationSetup(trace=STEP, edge=SITE, cloud=SITE, sync_period_s=15.0, calibration_length=0.5,
                         shared_cpu=False,
-                        phases=(("before", 0.0, 45.0), ("during", 45.0, 120.0), ("after", 120.0, 300.0)))
+                        phases=(("before", 0.0, 45.0), ("during", 45.0, 135.0), ("after", 135.0, 330.0)))
 PHASE_COLUMNS = (Column("phase", "phase"), Column("metric", "metric"), Column("real", "testbed", "float"),
                  Column("simulated", "simulator", "float"), Column("error", "error", "float"), Column("unit", "unit"),
                  Column("within", "within"))
