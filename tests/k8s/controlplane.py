@@ -39,7 +39,9 @@ BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kwok")
 SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/24"   # allocated, never routed: nothing sends to it
 FRONT_PROXY_USER = "front-proxy-client"
 ADMIN_USER = "edgeoffload-admin"
-HPA_SYNC_PERIOD_S = 1
+# Not a whole second: HPA windows and periods are whole seconds, so sync ages (k x 1.4 s) stay
+# clear of their boundaries, where the controller's own clock jitter would decide.
+HPA_SYNC_PERIOD_S = 1.4
 # The controllers the tests need, and nothing more: Deployments -> ReplicaSets -> Pods,
 # EndpointSlices for Services, the HPA, default ServiceAccounts, and the garbage collector
 # so that deleting a Deployment removes its ReplicaSets and pods.
@@ -48,7 +50,7 @@ CONTROLLERS = ("deployment-controller", "replicaset-controller", "endpointslice-
 # Seconds, short so that a test sees many HPA syncs (the differential HPA test feeds the same
 # settings to edgeoffload.hpa).
 DOWNSCALE_STABILIZATION_S = 5
-HPA_FLAGS = (f"--horizontal-pod-autoscaler-sync-period={HPA_SYNC_PERIOD_S}s",
+HPA_FLAGS = (f"--horizontal-pod-autoscaler-sync-period={round(HPA_SYNC_PERIOD_S * 1000)}ms",
              f"--horizontal-pod-autoscaler-downscale-stabilization={DOWNSCALE_STABILIZATION_S}s")
 
 
