@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 UNITS: dict[str, str] = {
     "inference": "edgeoffload.units.inference:create_app()",
@@ -88,8 +88,11 @@ class UnitProcess:
 def start_unit(unit: str, env: Mapping[str, str] | None = None, port: int | None = None,
                host: str = "127.0.0.1", workers: int = 1, threads: int = 4,
                ready_timeout: float = 90.0, wait_ready: bool = True,
-               log_dir: str | Path | None = None) -> UnitProcess:
-    """Start `unit` under gunicorn on host:port and (by default) wait until it reports ready."""
+               log_dir: str | Path | None = None, command_prefix: Sequence[str] = ()) -> UnitProcess:
+    """Start `unit` under gunicorn on host:port and (by default) wait until it reports ready.
+
+    `command_prefix` runs gunicorn through another command, e.g. `ip netns exec NAME` to serve
+    on an address of a network namespace (the k8s tests' pod IPs)."""
     port = port or free_port(host)
     log_dir = Path(log_dir or tempfile.mkdtemp(prefix="edgeoffload-logs-"))
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -98,7 +101,7 @@ def start_unit(unit: str, env: Mapping[str, str] | None = None, port: int | None
     child_env = {**os.environ, **(env or {}), "BIND": f"{host}:{port}", "WORKERS": str(workers),
                  "THREADS": str(threads), "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
     with log_path.open("ab") as log:
-        process = subprocess.Popen(gunicorn_command(unit), env=child_env, stdout=log,
+        process = subprocess.Popen([*command_prefix, *gunicorn_command(unit)], env=child_env, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     running = UnitProcess(unit, f"http://{host}:{port}", process, log_path, metrics_dir)
     if wait_ready:
