@@ -33,7 +33,7 @@ from typing import Callable
 from edgeoffload.broker import BrokerProcess, find_mosquitto, start_broker
 from edgeoffload.hpa import HPAError, HPASpec, load_hpa_manifests
 from edgeoffload.endpointslices import EndpointSliceServer, EndpointSliceStore
-from edgeoffload.localscale import LocalAutoscaler, ReplicaPool
+from edgeoffload.localscale import LocalAutoscaler, ReplicaPool, ScaleStatus, status_message
 from edgeoffload.messaging import MQTTSettings, Publisher
 from edgeoffload.relay import LinkProfile, TcpRelay, Wan
 from edgeoffload.serve import UnitProcess, free_port, start_unit
@@ -124,6 +124,13 @@ def hpa_for(options: TestbedOptions, site: str) -> HPASpec:
     cap = max(1, site_options.max_replicas)
     return dataclasses.replace(spec, min_replicas=min(spec.min_replicas, cap), max_replicas=min(spec.max_replicas, cap),
                                sync_period_s=options.sync_period_s)
+
+
+def starting_replicas(options: TestbedOptions, site: str) -> int:
+    """A pool starts with --SITE-replicas, but never below its HPA's minReplicas."""
+    site_options = options.edge if site == "edge" else options.cloud
+    floor = hpa_for(options, site).min_replicas if options.autoscale else 1
+    return max(1, site_options.replicas, floor)
 
 
 def _hpa_of_site(specs: list[HPASpec], site: str, path: str) -> HPASpec:
@@ -230,8 +237,7 @@ class Testbed:
                                            endpoints=self.endpoint_api.store, wan=wan,
                                            pre_stop_s=deployed.pre_stop_s, cpu_request=deployed.cpu_request,
                                            on_change=self._write_pid_file)
-            floor = hpa_for(opts, site).min_replicas if opts.autoscale else 1
-            starting[site] = max(1, site_options[site].replicas, floor)
+            starting[site] = starting_replicas(opts, site)
         with ThreadPoolExecutor(len(SITES)) as starter:  # model loading overlaps
             for future in [starter.submit(self.pools[s].scale_to, starting[s]) for s in SITES]:
                 future.result()
@@ -255,9 +261,8 @@ class Testbed:
         if opts.autoscale:
             pools = {site: (self.pools[site], hpa_for(opts, site)) for site in SITES}
             self.autoscaler = LocalAutoscaler(pools, publish=self._status_publisher.publish_status).start()
-        self._status_publisher.publish_status({"state": "running", "pools": {
-            site: {"replicas": pool.size, "desired": pool.size, "reason": "initial", "metrics": {}}
-            for site, pool in self.pools.items()}})
+        self._status_publisher.publish_status(status_message(self.pools, [
+            ScaleStatus(site, pool.size, pool.size, "initial", {}) for site, pool in self.pools.items()]))
 
     @property
     def kubeconfig(self) -> Path:
@@ -349,6 +354,9 @@ class Testbed:
                 link = self.options.wan
                 wan = f" via WAN {1000 * link.delay_s:.0f} ms one-way, {_mbps(link.uplink_bps)} up / {_mbps(link.downlink_bps)} down"
             lines.append(f"{site + ' pool:':<15}{self.relays[site].url} -> {self.pools[site].size} replica(s){wan}")
+        if self.endpoint_api is not None:
+            lines.append(f"EndpointSlices: {self.endpoint_api.url} (kubeconfig {self.kubeconfig}; the preprocessor "
+                         f"discovers replicas here{'' if self.options.discovery == 'kubernetes' else ': not used, static'})")
         if self.broker:
             lines.append(f"replay into it: edgeoffload replay TRACE --target {self.preprocessor_url} "
                          f"--mqtt-port {self.broker.port} --mqtt-user monitor "
@@ -469,4 +477,4 @@ def testbed_ready(testbed: Testbed) -> None:
 
 
 __all__ = ["Testbed", "TestbedOptions", "SiteOptions", "StopOnSignals", "add_testbed_arguments", "options_from",
-           "hpa_for"]
+           "hpa_for", "starting_replicas"]

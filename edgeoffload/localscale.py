@@ -18,7 +18,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 from urllib.parse import urlparse
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -113,10 +113,21 @@ class LocalReplica:
             self.wan_relay.stop()
 
 
+@dataclass(eq=False)
+class StartingReplica:
+    """A replica being started (a Pending pod): not ready, no metrics yet; scale-down cancels it first."""
+
+    name: str
+    since: float
+    cancelled: bool = False
+
+
 class ReplicaPool:
     """Replicas of one inference unit, like a Deployment behind a Service.
 
-    scale_to() starts gunicorn processes (each ready before it gets traffic) or retires the
+    scale_to() starts gunicorn processes (each ready before it gets traffic; with wait=False in
+    the background, as a ReplicaSet creates pods and returns, so `desired` counts them at once
+    while `size` counts the ready ones) or, cancelling replicas still starting first, retires the
     newest ones as Kubernetes deletes a pod: out of the Service and marked terminating in its
     EndpointSlice at once, serving what it holds for `pre_stop_s` (the preStop hook), then
     SIGTERM (gunicorn finishes in-flight requests) and the slice is deleted. Every replica is
@@ -143,6 +154,7 @@ class ReplicaPool:
         self.pre_stop_s = pre_stop_s
         self.cpu_request = cpu_request
         self.replicas: list[LocalReplica] = []
+        self.starting: list[StartingReplica] = []
         self.terminating: list[LocalReplica] = []
         self.peak = 0            # most replicas at once
         self.rescales = 0        # scale_to calls that changed the count
@@ -155,38 +167,73 @@ class ReplicaPool:
 
     @property
     def size(self) -> int:
+        """Ready replicas (those serving)."""
         with self._lock:
             return len(self.replicas)
 
-    def scale_to(self, count: int) -> None:
-        """Add replicas (each ready before it receives traffic) or retire the newest ones."""
-        if count != self.size:
+    @property
+    def desired(self) -> int:
+        """Ready and starting replicas: the Deployment's replicas, which the HPA reads and sets."""
+        with self._lock:
+            return len(self.replicas) + len(self.starting)
+
+    def scale_to(self, count: int, wait: bool = True) -> None:
+        """Add replicas (each ready before it receives traffic; `wait=False`: in the background)
+        or remove some: replicas still starting first, then the newest ready ones."""
+        count = max(count, 0)
+        with self._lock:
+            if count == len(self.replicas) + len(self.starting):
+                return
             self.rescales += 1
-        while self.size < count:
-            self._add()
-        while self.size > max(count, 0):
-            with self._lock:
-                replica = self.replicas.pop()
+            while self.starting and len(self.replicas) + len(self.starting) > count:
+                self.starting.pop().cancelled = True
+            leaving = [self.replicas.pop() for _ in range(max(0, len(self.replicas) - count))]
+            for replica in leaving:
                 self.windows.pop(replica.pid, None)
                 self.terminating.append(replica)
+            added = [StartingReplica(f"{self.service}-{next(self._serial)}", time.monotonic())
+                     for _ in range(count - len(self.replicas) - len(self.starting))]
+            self.starting.extend(added)
+        for replica in leaving:
             self._publish(replica, ready=False)
             threading.Thread(target=self._retire, args=(replica, self.pre_stop_s), daemon=True,
                              name=f"retire-{replica.name}").start()
             log.info("%s: replica %s terminating (%d left)", self.name, replica.name, self.size)
-            if self.on_change:
-                self.on_change()
+        if leaving and self.on_change:
+            self.on_change()
+        for pending in added:
+            if wait:
+                self._add(pending)
+            else:
+                threading.Thread(target=self._add, args=(pending,), daemon=True, name=f"start-{pending.name}").start()
 
-    def _add(self) -> None:
-        name = f"{self.service}-{next(self._serial)}"
-        unit = start_unit("inference", env={**self.env, "INFER_REPLICA_NAME": name}, workers=self.workers,
-                          threads=self.threads, log_dir=self.log_dir)
+    def _add(self, pending: StartingReplica) -> None:
+        name = pending.name
+        try:
+            unit = start_unit("inference", env={**self.env, "INFER_REPLICA_NAME": name}, workers=self.workers,
+                              threads=self.threads, log_dir=self.log_dir)
+        except Exception:
+            with self._lock:
+                if pending in self.starting:
+                    self.starting.remove(pending)
+            if self._stopping.is_set() or pending.cancelled:
+                return
+            raise
         wan_relay = None
         if self.wan is not None:
             host, port = urlparse(unit.url).hostname or "127.0.0.1", urlparse(unit.url).port or 80
             wan_relay = TcpRelay([(host, port)], host=host, link=self.wan, name=f"{name}-wan").start()
         replica = LocalReplica(name, unit, wan_relay)
         with self._lock:
-            self.replicas.append(replica)
+            live = pending in self.starting and not self._stopping.is_set()
+            if live:
+                self.starting.remove(pending)
+                self.replicas.append(replica)
+        if not live:   # scaled down (or stopped) while it started
+            replica.stop()
+            log.info("%s: replica %s cancelled while starting", self.name, name)
+            return
+        with self._lock:
             self.windows[replica.pid] = ReplicaWindow(cpu_start_s=process_tree_cpu_seconds(replica.pid),
                                                       wall_start=time.monotonic())
             self.peak = max(self.peak, len(self.replicas))
@@ -260,6 +307,9 @@ class ReplicaPool:
         samples = []
         with self._lock:
             replicas = list(self.replicas)
+        with self._lock:
+            pending = [PodSample(name=p.name, ready=False, phase="Pending", requests={"cpu": self.cpu_request})
+                       for p in self.starting]
         for replica in replicas:
             pid = replica.pid
             alive = replica.unit.process.poll() is None
@@ -276,7 +326,7 @@ class ReplicaPool:
                 window.reset(cpu_now, now)
             samples.append(PodSample(name=replica.name, ready=alive, phase="Running" if alive else "Failed",
                                      values=values, requests={"cpu": self.cpu_request}))
-        return samples
+        return samples + pending
 
     def stop(self) -> None:
         """Stop every replica now (the testbed is going down: no traffic, no preStop wait)."""
@@ -284,6 +334,9 @@ class ReplicaPool:
         with self._lock:
             replicas, self.replicas = [*self.replicas, *self.terminating], []
             self.terminating = []
+            for pending in self.starting:
+                pending.cancelled = True
+            self.starting = []
         for replica in replicas:
             replica.stop()
             if self.endpoints is not None:
@@ -300,13 +353,23 @@ def _unit_address(unit: UnitProcess) -> tuple[str, int]:
 
 @dataclass(frozen=True, slots=True)
 class ScaleStatus:
-    """What the autoscaler last did for one pool (published retained for the web page)."""
+    """What the autoscaler did for one pool at one sync (published retained for the web page)."""
 
     pool: str
-    replicas: int
-    desired: int
+    replicas: int                 # ready replicas when the sync began
+    desired: int                  # what the HPA set (the Deployment's replicas from now on)
     reason: str
     metrics: dict[str, float]
+    at: float = 0.0               # wall-clock time of the sync
+    current: int = 0              # the Deployment's replicas the HPA read (ready + starting)
+
+
+def status_message(pools: Mapping[str, ReplicaPool], statuses: list[ScaleStatus]) -> dict[str, Any]:
+    """The retained status the web page shows: replicas per Deployment (as the HPA set them), and
+    each pool's decision with its ready replicas at the sync."""
+    return {"state": "running", "replicas": {pools[s.pool].service: s.desired for s in statuses},
+            "pools": {s.pool: {"ready": s.replicas, "desired": s.desired, "reason": s.reason, "metrics": s.metrics}
+                      for s in statuses}}
 
 
 class LocalAutoscaler:
@@ -337,20 +400,19 @@ class LocalAutoscaler:
         statuses = []
         for name, (pool, spec) in self.pools.items():
             pods = pool.pod_samples(spec, now)
-            current = pool.size
+            ready, current = pool.size, pool.desired
             desired = self.controllers[name].step(now, current, pods)
             decision = self.controllers[name].last
             if desired != current:
                 log.info("autoscaler %s: %d -> %d (%s)", name, current, desired, decision.reason if decision else "")
-                pool.scale_to(desired)
+                pool.scale_to(desired, wait=False)   # like a ReplicaSet: new pods start in the background
             averages = {metric: sum(p.values.get(metric, 0.0) for p in pods) / max(1, len(pods))
                         for metric in {m for p in pods for m in p.values}}
-            statuses.append(ScaleStatus(name, pool.size, desired, decision.reason if decision else "", averages))
+            statuses.append(ScaleStatus(name, ready, desired, decision.reason if decision else "", averages,
+                                        at=time.time(), current=current))
         self.history.extend(statuses)
         if self.publish is not None:
-            self.publish({"state": "running", "pools": {s.pool: {"replicas": s.replicas, "desired": s.desired,
-                                                                 "reason": s.reason, "metrics": s.metrics}
-                                                        for s in statuses}})
+            self.publish(status_message({name: pool for name, (pool, _) in self.pools.items()}, statuses))
         return statuses
 
     def _loop(self) -> None:
@@ -372,5 +434,5 @@ class LocalAutoscaler:
                 next_sync = now + period
 
 
-__all__ = ["LocalAutoscaler", "LocalReplica", "ReplicaPool", "ScaleStatus", "check_servable",
+__all__ = ["LocalAutoscaler", "LocalReplica", "ReplicaPool", "ScaleStatus", "status_message", "check_servable",
            "scrape_in_flight", "process_tree_cpu_seconds", "IN_FLIGHT_METRIC"]

@@ -34,7 +34,7 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from edgeoffload.balance import Balancer, Lease
+from edgeoffload.balance import DEFAULT_RECYCLE_S, Balancer, Lease
 from edgeoffload.discovery import Replica, ReplicaSource, StaticReplicas
 from edgeoffload.estimate import DEFAULT_ALPHA, DEFAULT_PROBE_INTERVAL_S, SiteEstimator
 from edgeoffload.policy import Observation, Policy, SiteState
@@ -62,6 +62,7 @@ class SiteConfig:
     queue_size: int = 8
     per_replica: int = 4               # requests at once per ready replica (the unit's admission bound)
     max_in_flight: int = 256           # requests at once per site, whatever the replicas
+    recycle_s: float = DEFAULT_RECYCLE_S   # static URL: renew connections this often (spreads them over a Service)
     timeout_s: float = 5.0
     service_s: float = 0.08
     rtt_s: float = 0.0
@@ -76,8 +77,8 @@ class SiteConfig:
         for name in ("replicas", "queue_size", "per_replica", "max_in_flight"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{self.name} {name} must be >= 1")
-        if not self.timeout_s > 0:
-            raise ValueError(f"{self.name} timeout_s must be > 0")
+        if not self.timeout_s > 0 or not self.recycle_s > 0:
+            raise ValueError(f"{self.name} timeout_s and recycle_s must be > 0")
 
 
 class SiteMonitor:
@@ -355,7 +356,8 @@ class Offloader:
         for name, source in self.sources.items():
             if source.kind != "static":
                 self.monitors[name].set_replicas(0)   # none known until the source reports
-        self.balancers = {name: Balancer(cfg.per_replica, assumed=cfg.replicas, max_in_flight=cfg.max_in_flight)
+        self.balancers = {name: Balancer(cfg.per_replica, assumed=cfg.replicas, max_in_flight=cfg.max_in_flight,
+                                 recycle_s=cfg.recycle_s)
                           for name, cfg in self.configs.items()}
         self._senders = {name: Senders(f"send-{name}") for name, cfg in self.configs.items()}
         self._sink = sink

@@ -41,31 +41,30 @@ from edgeoffload.analysis import (Deviation, ReplicaPoint, RunMetrics, after_war
                                   pod_seconds, timeline_from_summary)
 from edgeoffload.load.sample_video import CyclicFrames, open_source
 from edgeoffload.load.trace import Trace, TraceSpec, generate, with_frame_content, with_frame_sizes, write_trace
-from edgeoffload.local import SiteOptions, Testbed, TestbedOptions, hpa_for
+from edgeoffload.config import load_config
+from edgeoffload.local import SiteOptions, Testbed, TestbedOptions, hpa_for, starting_replicas
 from edgeoffload.profile import BackgroundLoad, Profile, measure
 from edgeoffload.records import FrameRecord, read_records
 from edgeoffload.relay import LinkProfile
 from edgeoffload.serve import start_unit
 from edgeoffload.sim import load_scenario, run_scenario
 from edgeoffload.sim.stats import Summary
+from edgeoffload.unitfolders import unit_settings
+from edgeoffload.units.preprocessor import PreprocessorConfig
 
 log = logging.getLogger(__name__)
 
-# The preprocessor's defaults (edgeoffload.units.preprocessor.PreprocessorConfig) that shape queueing.
-PREPROCESSOR_QUEUE = 8          # frames waiting per site (the oldest is dropped beyond)
-PREPROCESSOR_DEADLINE_MS = 500.0
+# The preprocessor as the testbed runs it: its ConfigMap's settings (unitfolders), which shape queueing.
+PREPROCESSOR = load_config(PreprocessorConfig, "PRE_", env=unit_settings("preprocessor").env)
+PREPROCESSOR_DEADLINE_MS = PREPROCESSOR.deadline_ms or 500.0
 
 MIN_CONTENT_FRAMES = 2   # answers of one picture needed to estimate its relative cost
 
 MODEL_DIFFERENCES: tuple[str, ...] = (
     "the preprocessor's own work (decode, resize, JPEG re-encode; `preprocess_ms` in the profile) "
     "is not a stage of the simulator",
-    "the preprocessor drops the OLDEST queued frame when its per-site queue is full; the simulated pod "
-    "refuses the NEWEST (503)",
-    "the preprocessor sends at most 2 requests per site at once (dispatcher threads); the simulator "
-    "sends every frame at once to the pod queue",
-    "the policy sees the replica count the preprocessor was started with; the simulator gives it the "
-    "ready count",
+    "the preprocessor learns a replica's readiness through a watch of its EndpointSlice (about 0.1 s "
+    "after its ready probe); the simulated preprocessor knows at once",
     "the HPA's Pods metric is averaged over 5 scrapes per sync on the testbed, read once per sync "
     "in the simulator",
     "every testbed process shares this machine's CPUs, so service times under load are longer than the "
@@ -281,27 +280,33 @@ def simulated_scenario(setup: ValidationSetup, trace_csv: Path, profile_json: Pa
     at the start of the replay (`observer`, see observer_from_state) when given."""
     profile_data = json.loads(profile_json.read_text(encoding="utf-8"))
 
-    def pool(site: str, options: SiteOptions) -> dict[str, Any]:
-        return {"replicas": max(1, options.replicas), "workers": max(1, options.instances), "queue": "per-pod",
-                # the preprocessor's queue plus the one request waiting at the unit behind the one in service
-                "queue_capacity": PREPROCESSOR_QUEUE + 1,
+    options = local_options(setup, trace_csv.parent)
+
+    def pool(site: str, site_options: SiteOptions) -> dict[str, Any]:
+        workers = site_options.detectors_per_replica(site)
+        return {"replicas": starting_replicas(options, site), "workers": workers, "queue": "per-pod",
+                # what the unit admits beyond the frames in service (more get 503)
+                "queue_capacity": max(0, site_options.replica_concurrency(site) - workers),
                 "service_ms": {"dist": "profile", "file": str(profile_json.resolve()), "key": f"{site}.service_ms"},
                 **({"content_factor": {"file": str(profile_json.resolve()), "key": "content_factor"}}
                    if profile_data.get("content_factor") else {}),
                 "cold_start_s": {"dist": "constant", "value": round(cold_start_s, 3)},
-                "model": f"{site}/{options.kind}"}
+                "model": f"{site}/{site_options.kind}"}
 
     raw = {"name": "sim-vs-real", "duration_s": duration_s, "warmup_s": setup.warmup_s, "seed": seed,
            "timeline_interval_s": setup.sample_interval_s,
            "cameras": [{"name": "trace", "trace": str(trace_csv.resolve()), "deadline_ms": PREPROCESSOR_DEADLINE_MS}],
            "wan": {"profile": str(profile_json.resolve())},
-           "edge": pool("edge", setup.edge), "cloud": pool("cloud", setup.cloud), "observer": observer or {}}
+           "edge": pool("edge", setup.edge), "cloud": pool("cloud", setup.cloud), "observer": observer or {},
+           # the preprocessor's queue and per-replica concurrency (edgeoffload/sim/dispatch.py)
+           "dispatch": {"queue_size": PREPROCESSOR.queue_size, "max_in_flight": PREPROCESSOR.max_in_flight_per_site,
+                        "per_replica": {"edge": PREPROCESSOR.edge_replica_concurrency,
+                                        "cloud": PREPROCESSOR.cloud_replica_concurrency}}}
     shared = profile_data.get("shared_cpu")
     if shared:   # the profile's service times are then work as if alone (profile_from_records)
         raw["shared_cpu"] = {"cores": shared["cores"], "pools": ["edge", "cloud"]}
     scenario = load_scenario(raw, base_dir=trace_csv.parent)
     if setup.autoscale:
-        options = local_options(setup, trace_csv.parent)
         scenario = dataclasses.replace(
             scenario, edge=dataclasses.replace(scenario.edge, hpa=hpa_for(options, "edge")),
             cloud=dataclasses.replace(scenario.cloud, hpa=hpa_for(options, "cloud")))

@@ -144,43 +144,44 @@ def test_list_then_watch_follows_added_modified_and_deleted_slices(api) -> None:
         watcher.source.stop()
 
 
-def test_bookmarks_move_the_resume_point_forward(api) -> None:
+@pytest.fixture
+def short_watch(api) -> Iterator[tuple[RecordingServer, Watcher]]:
+    """One replica listed, watched in 1 s watches (so they end and resume often)."""
+    server, kubeconfig = api
+    server.store.set_endpoint(SERVICE, Endpoint("edge-1", "127.0.0.1", 9001))
+    watcher = Watcher(server, kubeconfig, watch_timeout_s=1)
+    try:
+        watcher.wait_for(["edge-1"])
+        yield server, watcher
+    finally:
+        watcher.source.stop()
+
+
+def test_bookmarks_move_the_resume_point_forward(short_watch) -> None:
     """Other Services' changes advance the resourceVersion; bookmarks carry it to this watch,
     so when the watch times out it resumes from the newest version, not its last event's."""
-    server, kubeconfig = api
+    server, watcher = short_watch
     store = server.store
-    store.set_endpoint(SERVICE, Endpoint("edge-1", "127.0.0.1", 9001))
-    watcher = Watcher(server, kubeconfig, watch_timeout_s=1)
-    try:
-        watcher.wait_for(["edge-1"])
-        own_version = store.resource_version
-        for index in range(5):
-            store.set_endpoint("cloud-inference", Endpoint(f"cloud-{index}", "127.0.0.1", 9100 + index))
-        newest = store.resource_version
-        wait_until(lambda: str(newest) in server.watch_versions)
-        assert server.watch_versions[0] == str(own_version) and newest > own_version
-        assert watcher.source.status()["lists"] == 1   # resumed, never listed again
-    finally:
-        watcher.source.stop()
+    own_version = store.resource_version
+    for index in range(5):
+        store.set_endpoint("cloud-inference", Endpoint(f"cloud-{index}", "127.0.0.1", 9100 + index))
+    newest = store.resource_version
+    wait_until(lambda: str(newest) in server.watch_versions)
+    assert server.watch_versions[0] == str(own_version) and newest > own_version
+    assert watcher.source.status()["lists"] == 1   # resumed, never listed again
 
 
-def test_an_expired_resource_version_makes_the_watch_list_again(api) -> None:
-    server, kubeconfig = api
+def test_an_expired_resource_version_makes_the_watch_list_again(short_watch) -> None:
+    server, watcher = short_watch
     store = server.store
-    store.set_endpoint(SERVICE, Endpoint("edge-1", "127.0.0.1", 9001))
-    watcher = Watcher(server, kubeconfig, watch_timeout_s=1)
-    try:
-        watcher.wait_for(["edge-1"])
-        server.gate.clear()                        # the next watch request waits here...
-        requested = len(server.watch_versions)
-        wait_until(lambda: len(server.watch_versions) > requested)
-        store.set_endpoint(SERVICE, Endpoint("edge-2", "127.0.0.1", 9002))
-        store.compact()                            # ...while its resourceVersion is compacted away
-        server.gate.set()
-        watcher.wait_for(["edge-1", "edge-2"])     # learnt from the new list after 410 Gone
-        assert watcher.source.status()["lists"] == 2
-    finally:
-        watcher.source.stop()
+    server.gate.clear()                        # the next watch request waits here...
+    requested = len(server.watch_versions)
+    wait_until(lambda: len(server.watch_versions) > requested)
+    store.set_endpoint(SERVICE, Endpoint("edge-2", "127.0.0.1", 9002))
+    store.compact()                            # ...while its resourceVersion is compacted away
+    server.gate.set()
+    watcher.wait_for(["edge-1", "edge-2"])     # learnt from the new list after 410 Gone
+    assert watcher.source.status()["lists"] == 2
 
 
 def test_an_unreachable_api_keeps_the_last_replicas_and_recovers(tmp_path: Path) -> None:

@@ -63,7 +63,7 @@ def test_testbed_wires_every_unit_and_stops_every_process(tmp_path: Path) -> Non
         watcher.close()
         pools = statuses["edgeoffload/status/autoscaler"]["pools"]
         # autoscale.yml's minReplicas (cloud: 2), within the local bound of 2
-        assert (pools["edge"]["replicas"], pools["cloud"]["replicas"]) == (1, 2)
+        assert (pools["edge"]["ready"], pools["cloud"]["ready"]) == (1, 2)
         pids = testbed.child_pids()
         assert len(pids) == 6  # broker, 3 inference replicas, preprocessor, webserver
         assert sorted(pids) == sorted(_pids(tmp_path))

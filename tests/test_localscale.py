@@ -36,6 +36,13 @@ def pool(tmp_path: Path):
     relay.stop()
 
 
+def wait_until(condition, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
 def ready_names(pool: ReplicaPool) -> list[str]:
     _version, slices = pool.endpoints.list("edge-inference")
     return [s["endpoints"][0]["targetRef"]["name"] for s in slices if s["endpoints"][0]["conditions"]["ready"]]
@@ -88,14 +95,15 @@ def test_scales_up_under_load_and_back_down_when_idle(pool: ReplicaPool) -> None
         stop.set()
         for thread in flooders:
             thread.join()
-    assert status.desired == 2 and pool.size == 2
+    assert status.desired == 2 and pool.desired == 2       # decided at once; the replica starts in the background
     assert status.metrics[IN_FLIGHT_METRIC] > 1.0
+    wait_until(lambda: pool.size == 2)
     assert len(pool.relay.backends) == 2
-    assert published[-1]["pools"]["edge"]["replicas"] == 2
+    assert published[-1]["replicas"] == {"edge-inference": 2} and published[-1]["pools"]["edge"]["ready"] == 1
     for _ in range(3):
         pool.sample()
     (status,) = autoscaler.sync(time.monotonic() + 1)
-    assert status.desired == 1 and pool.size == 1 and len(pool.relay.backends) == 1
+    assert status.desired == 1 and pool.size == 1 and len(pool.relay.backends) == 1   # retiring is immediate
     assert pool.peak == 2
 
 
@@ -112,6 +120,20 @@ def test_replicas_are_published_as_endpointslices_and_drain_on_scale_down(pool: 
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert leaving.unit.process.wait(5) == 0 and leaving.pid not in pool.pids()
+
+
+def test_a_replica_still_starting_is_pending_to_the_hpa_and_cancelled_first(pool: ReplicaPool) -> None:
+    spec = HPASpec(min_replicas=1, max_replicas=3, metrics=(MetricTarget("Pods", IN_FLIGHT_METRIC, "AverageValue", 1.0),))
+    pool.scale_to(3, wait=False)
+    assert (pool.desired, pool.size) == (3, 1)
+    pending = [p for p in pool.pod_samples(spec, time.monotonic()) if p.phase == "Pending"]
+    assert len(pending) == 2 and not any(p.ready or p.values for p in pending)
+    pool.scale_to(2, wait=False)                    # the newest one still starting goes, not a ready one
+    assert (pool.desired, [r.name for r in pool.replicas]) == (2, ["edge-inference-1"])
+    wait_until(lambda: pool.size == 2)
+    time.sleep(0.5)
+    assert [r.name for r in pool.replicas] == ["edge-inference-1", "edge-inference-2"] and pool.desired == 2
+    assert ready_names(pool) == ["edge-inference-1", "edge-inference-2"]
 
 
 def test_a_replica_that_dies_leaves_the_rotation_at_once(pool: ReplicaPool) -> None:

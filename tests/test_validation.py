@@ -15,7 +15,7 @@ from edgeoffload.load.trace import TraceSpec, generate, write_trace
 from edgeoffload.local import SiteOptions, hpa_for
 from edgeoffload.profile import Profile, RequestSample, SiteMeasurement, WanEstimate
 from edgeoffload.records import read_records
-from edgeoffload.validation import (PREPROCESSOR_QUEUE, ValidationSetup, breakdown, calibration_trace,
+from edgeoffload.validation import (PREPROCESSOR, ValidationSetup, breakdown, calibration_trace,
                                     observer_from_state,
                                     profile_from_records, profile_load, run_validation, sent_sizes, simulated_scenario,
                                     local_options, with_offset)
@@ -44,7 +44,11 @@ def test_simulated_scenario_mirrors_the_testbed(tmp_path: Path) -> None:
     assert scenario.seed == 2 and scenario.warmup_s == setup.warmup_s
     assert scenario.edge.service_ms.samples == (40.0, 50.0) and scenario.cloud.service_ms.samples == (30.0,)
     assert scenario.wan.rtt_ms == 43.0 and scenario.wan.bandwidth_bps == 2e7
-    assert scenario.edge.queue_capacity == PREPROCESSOR_QUEUE + 1
+    # as shipped: 2 detectors per replica, 6 frames admitted; the preprocessor's queue and concurrency
+    assert (scenario.edge.workers, scenario.edge.queue_capacity) == (2, 4)
+    assert scenario.dispatch.queue_size == PREPROCESSOR.queue_size == 8
+    assert dict(scenario.dispatch.per_replica) == {"edge": 6, "cloud": 6}
+    assert (scenario.edge.replicas, scenario.cloud.replicas) == (1, 2)   # cloud: autoscale.yml's minReplicas
     assert scenario.cloud.cold_start_s.mean == 1.5
     assert scenario.cameras[0].deadline_ms == 500.0
     assert len(scenario.cameras[0].trace) == len(generate(TraceSpec("poisson", 2, 3.0, 5.0, seed=1)))

@@ -48,6 +48,7 @@ class ElasticSetup:
     queue_size: int = 16           # frames waiting at the preprocessor (the oldest dropped beyond)
     discovery: str = "kubernetes"  # or "static": one Service URL (the pool's relay), connections recycled
     assumed_replicas: int = 1      # static only: what the preprocessor assumes behind the URL
+    recycle_s: float = 1.0         # static only: how often the preprocessor renews its connections
     frame_side: int = 160          # small frames: the detector's own work stays small
 
 
@@ -80,7 +81,8 @@ class ElasticSite:
             kubeconfig = self.api.write_kubeconfig(self.workdir / "kubeconfig")
             source = EndpointSliceWatch(kubernetes_api_client(str(kubeconfig)), NAMESPACE, SERVICE)
         edge = SiteConfig(EDGE, self.relay.url, replicas=setup.assumed_replicas, queue_size=setup.queue_size,
-                          per_replica=setup.per_replica, service_s=setup.sleep_pad_ms / 1000)
+                          per_replica=setup.per_replica, service_s=setup.sleep_pad_ms / 1000,
+                          recycle_s=setup.recycle_s)
         unused = SiteConfig(CLOUD, "http://127.0.0.1:9")
         self.offloader = Offloader(load_policy("edge-only"), edge, unused, self._record, health_interval_s=0,
                                    sources={EDGE: source}).start()

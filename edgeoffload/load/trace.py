@@ -19,6 +19,8 @@ Kinds (rates are frames per second per camera):
   and `burst_s`. The long-run rate is the dwell-weighted mean of the two.
 - `diurnal`: a Poisson process whose rate follows `rate * (1 + amplitude*sin(2*pi*t/period_s))`,
   drawn by thinning (Lewis & Shedler) a homogeneous process at the peak rate.
+- `step`: Poisson at `rate`, at `rate * step_factor` from `step_start_s` to `step_end_s` (a load
+  step that makes an autoscaler scale up and, after it, back down).
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ HEADER: tuple[str, ...] = ("time_s", "camera", "frame_index")
 SIZE_COLUMN = "bytes"
 CONTENT_COLUMN = "content"
 MAX_CONTENT_CHARS = 64
-KINDS: tuple[str, ...] = ("periodic", "poisson", "mmpp", "diurnal")
+KINDS: tuple[str, ...] = ("periodic", "poisson", "mmpp", "diurnal", "step")
 
 
 class TraceError(ValueError):
@@ -106,6 +108,9 @@ class TraceSpec:
     burst_s: float = 2.0         # mmpp: mean burst-state dwell
     amplitude: float = 0.8       # diurnal: relative swing, 0 <= amplitude <= 1
     period_s: float = 60.0       # diurnal: length of one "day"
+    step_factor: float = 3.0     # step: rate multiplier during the step
+    step_start_s: float = 0.0    # step: when it starts and ends
+    step_end_s: float = 0.0
     camera_prefix: str = "cam"
 
     def validate(self) -> None:
@@ -120,6 +125,9 @@ class TraceSpec:
             (self.calm_s > 0 and self.burst_s > 0, "calm_s and burst_s must be > 0"),
             (0.0 <= self.amplitude <= 1.0, f"amplitude must be in [0, 1], got {self.amplitude}"),
             (self.period_s > 0, f"period_s must be > 0, got {self.period_s}"),
+            (self.step_factor > 0, f"step_factor must be > 0, got {self.step_factor}"),
+            (0.0 <= self.step_start_s <= self.step_end_s, f"step must satisfy 0 <= start ({self.step_start_s}) "
+                                                         f"<= end ({self.step_end_s})"),
             (valid_camera(f"{self.camera_prefix}{self.cameras}"),
              "camera_prefix must be 1-60 characters of A-Z a-z 0-9 _ . -"),
         ]
@@ -132,6 +140,9 @@ class TraceSpec:
         if self.kind == "mmpp":
             calm_share = self.calm_s / (self.calm_s + self.burst_s)
             return self.rate * (calm_share + (1 - calm_share) * self.burst_factor)
+        if self.kind == "step":
+            inside = max(0.0, min(self.step_end_s, self.duration_s) - min(self.step_start_s, self.duration_s))
+            return self.rate * (1 + (self.step_factor - 1) * inside / self.duration_s)
         return self.rate
 
 
@@ -174,6 +185,15 @@ def diurnal_times(spec: TraceSpec, rng: np.random.Generator) -> np.ndarray:
     return candidates[keep]
 
 
+def step_times(spec: TraceSpec, rng: np.random.Generator) -> np.ndarray:
+    bounds = sorted({0.0, min(spec.step_start_s, spec.duration_s), min(spec.step_end_s, spec.duration_s),
+                     spec.duration_s})
+    chunks = [start + _homogeneous(spec.rate * (spec.step_factor if spec.step_start_s <= start < spec.step_end_s
+                                                else 1.0), end - start, rng)
+              for start, end in zip(bounds, bounds[1:])]
+    return np.concatenate(chunks) if chunks else np.empty(0)
+
+
 def _homogeneous(rate: float, duration: float, rng: np.random.Generator) -> np.ndarray:
     """Poisson arrivals in [0, duration): a Poisson count, then sorted uniform times."""
     if duration <= 0:
@@ -183,6 +203,7 @@ def _homogeneous(rate: float, duration: float, rng: np.random.Generator) -> np.n
 
 GENERATORS: dict[str, Callable[[TraceSpec, np.random.Generator], np.ndarray]] = {
     "periodic": periodic_times, "poisson": poisson_times, "mmpp": mmpp_times, "diurnal": diurnal_times,
+    "step": step_times,
 }
 
 
@@ -322,6 +343,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     gen.add_argument("--burst", type=float, default=2.0, help="mmpp: mean burst dwell (s)")
     gen.add_argument("--amplitude", type=float, default=0.8, help="diurnal: relative rate swing")
     gen.add_argument("--period", type=float, default=60.0, help="diurnal: period (s)")
+    gen.add_argument("--step-factor", type=float, default=3.0, help="step: rate multiplier during the step")
+    gen.add_argument("--step-start", type=float, default=0.0, help="step: start (s)")
+    gen.add_argument("--step-end", type=float, default=0.0, help="step: end (s)")
     gen.add_argument("--camera-prefix", default="cam")
     gen.add_argument("--frames", default="sample",
                      help="record each frame's size from this source ('sample', a folder, a video; 'none' = no sizes)")
@@ -335,6 +359,7 @@ def run(args: argparse.Namespace) -> int:
         spec = TraceSpec(kind=args.kind, cameras=args.cameras, rate=args.rate, duration_s=args.duration,
                          seed=args.seed, jitter=args.jitter, burst_factor=args.burst_factor, calm_s=args.calm,
                          burst_s=args.burst, amplitude=args.amplitude, period_s=args.period,
+                         step_factor=args.step_factor, step_start_s=args.step_start, step_end_s=args.step_end,
                          camera_prefix=args.camera_prefix)
         trace = generate(spec)
         if args.frames != "none":

@@ -25,6 +25,10 @@ MAX_STATUS_BYTES = 4096
 MAX_LATENCIES_PER_SECOND = 4096
 # Boxes are drawn on a neutral canvas at least this large (frames themselves never travel).
 MIN_EXTENT = (640.0, 480.0)
+# A replica counts as serving a site at a second if it answered one of the site's frames within
+# this many seconds before it (a few frames a second cannot visit every replica each second).
+SERVING_WINDOW_S = 10
+MAX_REPLICA_NAMES = 64   # replica names kept per site and second
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:
@@ -140,6 +144,8 @@ class _Second:
     error: int = 0
     latencies: list[float] = field(default_factory=list)
     seen_ok: int = 0
+    serving: dict[str, set[str]] = field(default_factory=dict)   # site -> replicas that answered
+    scaled: dict[str, int] | None = None                         # replicas the autoscaler reported
 
     def add(self, record: FrameRecord) -> None:
         if record.status == "dropped":
@@ -152,6 +158,9 @@ class _Second:
             self.cloud += 1
         if record.status == "ok":
             self.seen_ok += 1
+            names = self.serving.setdefault(record.site, set())
+            if record.replica and len(names) < MAX_REPLICA_NAMES:
+                names.add(record.replica)
             if len(self.latencies) < MAX_LATENCIES_PER_SECOND:
                 self.latencies.append(record.t_total_ms)
             else:  # deterministic thinning keeps the sample spread over the second
@@ -165,27 +174,53 @@ class _Second:
 
 
 class Timeline:
-    """Per-second outcome counts and latency percentiles for the last `seconds` seconds."""
+    """Per-second outcome counts, latency percentiles and replicas for the last `seconds` seconds.
+
+    Replicas per site come two ways: `serving`, the replicas that answered the site's frames in
+    the SERVING_WINDOW_S seconds before (from the records' `replica`, so on any deployment),
+    and `scaled`, the replica counts the autoscaler last reported (the local testbed's), carried
+    forward from second to second."""
 
     def __init__(self, seconds: int) -> None:
         self.seconds = seconds
         self._buckets: OrderedDict[int, _Second] = OrderedDict()
+        self._scaled_before: dict[str, int] | None = None   # the last report older than the buckets
 
-    def add(self, record: FrameRecord, now: float) -> None:
+    def _bucket(self, now: float) -> _Second:
         second = int(now)
         bucket = self._buckets.get(second)
         if bucket is None:
             bucket = self._buckets[second] = _Second()
-            while len(self._buckets) > self.seconds:
-                self._buckets.popitem(last=False)
-        bucket.add(record)
+            while len(self._buckets) > self.seconds + SERVING_WINDOW_S:
+                _, old = self._buckets.popitem(last=False)
+                if old.scaled is not None:
+                    self._scaled_before = old.scaled
+        return bucket
+
+    def add(self, record: FrameRecord, now: float) -> None:
+        self._bucket(now).add(record)
+
+    def note_replicas(self, replicas: dict[str, int], now: float) -> None:
+        self._bucket(now).scaled = dict(replicas)
 
     def snapshot(self, now: float) -> list[dict[str, Any]]:
         """One entry per second (oldest first), zeros for seconds without records."""
         last = int(now)
+        first = last - self.seconds + 1
         empty = _Second()
-        return [self._buckets.get(second, empty).to_dict(second)
-                for second in range(last - self.seconds + 1, last + 1)]
+        scaled = self._scaled_before
+        recent: deque[dict[str, set[str]]] = deque(maxlen=SERVING_WINDOW_S)
+        out = []
+        for second in range(first - SERVING_WINDOW_S + 1, last + 1):
+            bucket = self._buckets.get(second, empty)
+            recent.append(bucket.serving)
+            if bucket.scaled is not None:
+                scaled = bucket.scaled
+            if second < first:
+                continue
+            serving = {site: len(set().union(*(seen.get(site, set()) for seen in recent))) for site in ("edge", "cloud")}
+            out.append({**bucket.to_dict(second), "serving": serving, "scaled": dict(scaled or {})})
+        return out
 
 
 @dataclass
@@ -277,6 +312,8 @@ class LiveResults:
             raise ValueError("status field 'replicas' must map unit names to non-negative integers")
         with self._lock:
             now = self._clock()
+            if replicas is not None:
+                self._timeline.note_replicas(replicas, now)
             self._units[unit] = (status, now)
             self._units.move_to_end(unit)
             while len(self._units) > MAX_UNITS:

@@ -17,13 +17,24 @@ def _rate(spec: TraceSpec) -> float:
     return len(trace) / (spec.cameras * spec.duration_s)
 
 
-@pytest.mark.parametrize("kind", ["periodic", "poisson", "mmpp", "diurnal"])
+@pytest.mark.parametrize("kind", ["periodic", "poisson", "mmpp", "diurnal", "step"])
 def test_long_trace_matches_its_mean_rate(kind: str) -> None:
     # diurnal over whole periods averages to the base rate; mmpp to its dwell-weighted rate.
     spec = TraceSpec(kind=kind, cameras=4, rate=5.0, duration_s=3000.0, seed=7, jitter=0.2, period_s=100.0,
-                     calm_s=10.0, burst_s=2.0, burst_factor=5.0)
+                     calm_s=10.0, burst_s=2.0, burst_factor=5.0, step_start_s=1000.0, step_end_s=2000.0)
     expected = spec.mean_rate()
     assert _rate(spec) == pytest.approx(expected, rel=0.05)
+
+
+def test_a_step_multiplies_the_rate_between_its_bounds_only() -> None:
+    spec = TraceSpec(kind="step", cameras=3, rate=2.0, duration_s=900.0, seed=4, step_factor=3.0,
+                     step_start_s=300.0, step_end_s=600.0)
+    times = np.array([event.time_s for event in generate(spec)])
+    rates = [((times >= a) & (times < b)).sum() / (b - a) / 3 for a, b in ((0, 300), (300, 600), (600, 900))]
+    assert rates == pytest.approx([2.0, 6.0, 2.0], rel=0.07)
+    assert spec.mean_rate() == pytest.approx(2.0 * (1 + 2 / 3))
+    with pytest.raises(TraceError, match="step must satisfy"):
+        TraceSpec(kind="step", cameras=1, rate=1.0, duration_s=10.0, step_start_s=5.0, step_end_s=2.0).validate()
 
 
 def test_mmpp_mean_rate_is_dwell_weighted() -> None:

@@ -6,6 +6,7 @@ import pytest
 from edgeoffload.records import Detection, FrameRecord
 from edgeoffload.units.live_results import (
     MAX_CAMERA_NAME,
+    SERVING_WINDOW_S,
     LiveResults,
     RateCounter,
     Timeline,
@@ -24,9 +25,11 @@ class FakeClock:
 
 
 def record(camera: str = "cam", frame_id: int = 0, site: str = "edge", status: str = "ok",
-           total_ms: float = 10.0, boxes: tuple[tuple[float, float, float, float], ...] = ()) -> FrameRecord:
+           total_ms: float = 10.0, boxes: tuple[tuple[float, float, float, float], ...] = (),
+           replica: str = "") -> FrameRecord:
     return FrameRecord(camera=camera, frame_id=frame_id, captured_at=0.0, site=site, status=status,  # type: ignore[arg-type]
-                       detections=tuple(Detection("person", 0.9, box) for box in boxes), t_total_ms=total_ms)
+                       detections=tuple(Detection("person", 0.9, box) for box in boxes), t_total_ms=total_ms,
+                       replica=replica)
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -118,7 +121,8 @@ def test_timeline_has_one_entry_per_second_with_zeros_for_gaps() -> None:
     snapshot = timeline.snapshot(105.5)
     assert len(snapshot) == 10 and snapshot[-1]["t"] == 105
     by_second = {entry["t"]: entry for entry in snapshot}
-    assert by_second[100] == {"t": 100, "edge": 1, "cloud": 1, "dropped": 0, "error": 0, "p50_ms": 10.0, "p95_ms": 30.0}
+    assert by_second[100] == {"t": 100, "edge": 1, "cloud": 1, "dropped": 0, "error": 0, "p50_ms": 10.0, "p95_ms": 30.0,
+                              "serving": {"edge": 0, "cloud": 0}, "scaled": {}}
     assert by_second[103]["dropped"] == 1 and by_second[103]["p50_ms"] is None
     assert by_second[101]["edge"] == 0
 
@@ -126,8 +130,26 @@ def test_timeline_has_one_entry_per_second_with_zeros_for_gaps() -> None:
 def test_timeline_memory_is_bounded() -> None:
     timeline = Timeline(seconds=5)
     for second in range(100):
-        timeline.add(record(), float(second))
-    assert len(timeline._buckets) == 5
+        timeline.add(record(replica=f"edge-{second}"), float(second))
+    assert len(timeline._buckets) == 5 + SERVING_WINDOW_S   # the shown seconds and the window before them
+
+
+def test_timeline_counts_replicas_serving_each_site_and_the_autoscalers_reports() -> None:
+    timeline = Timeline(seconds=30)
+    timeline.note_replicas({"edge-inference": 1, "cloud-inference": 2}, 95.0)   # before the window: carried in
+    timeline.add(record(site="edge", replica="edge-1"), 100.1)
+    timeline.add(record(site="edge", replica="edge-1"), 100.6)
+    timeline.add(record(site="cloud", replica="cloud-1"), 101.0)
+    timeline.note_replicas({"edge-inference": 2, "cloud-inference": 2}, 104.2)
+    timeline.add(record(site="edge", replica="edge-2"), 105.3)
+    timeline.add(record(site="edge", status="dropped"), 106.0)
+    by_second = {entry["t"]: entry for entry in timeline.snapshot(125.0)}
+    assert by_second[100]["serving"] == {"edge": 1, "cloud": 0}
+    assert by_second[105]["serving"] == {"edge": 2, "cloud": 1}          # within the last 10 s
+    assert by_second[111]["serving"] == {"edge": 1, "cloud": 0}          # edge-1 last seen at 100
+    assert by_second[116]["serving"] == {"edge": 0, "cloud": 0}
+    assert by_second[103]["scaled"] == {"edge-inference": 1, "cloud-inference": 2}
+    assert by_second[125]["scaled"] == {"edge-inference": 2, "cloud-inference": 2}
 
 
 @pytest.mark.parametrize("name", ["", "x" * (MAX_CAMERA_NAME + 1), "cam\n1", "cam\x00", "tab\there"])

@@ -425,6 +425,36 @@ def test_broker_restart_mid_run_loses_no_record(fresh_broker: BrokerProcess, sit
         sink.close()
 
 
+def test_stays_ready_while_the_broker_is_away_until_its_record_buffer_is_full(fresh_broker: BrokerProcess, sites,
+                                                                              astronaut_jpeg: bytes) -> None:
+    """A broker restart must not take the preprocessor out of its Service: it buffers the records.
+    Only when the buffer could not hold one more frame's record does it say not-ready, and it then
+    refuses frames (503) rather than accept one whose record it would lose."""
+    edge, cloud = sites
+    unit = Running(pre_config(fresh_broker, edge.url, cloud.url, policy="edge-only", mqtt_max_buffered=6))
+    try:
+        fresh_broker.stop()
+        deadline = time.monotonic() + WAIT
+        while unit.service.publisher.connected:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        ready = unit.client.get("/v2/health/ready")
+        assert ready.status_code == 200 and ready.get_json()["mqtt_connected"] is False
+        accepted = 0
+        while (answer := unit.post("buffered", astronaut_jpeg, wait=True)).status_code == 200:
+            accepted += 1
+            assert accepted <= 6
+        assert answer.status_code == 503 and "record buffer full" in answer.get_json()["error"]
+        not_ready = unit.client.get("/v2/health/ready")
+        assert not_ready.status_code == 503 and "record buffer full" in not_ready.get_json()["error"]
+        assert accepted >= 5 and unit.service.publisher.stats().dropped == 0   # nothing accepted was lost
+        fresh_broker.start()
+        assert unit.service.publisher.flush(WAIT)
+        assert unit.client.get("/v2/health/ready").status_code == 200
+    finally:
+        unit.close()
+
+
 def test_sources_read_folder_and_video(broker: BrokerProcess, sites, records: Records, tmp_path: Path) -> None:
     edge, cloud = sites
     spec = SampleVideoSpec(width=320, height=240, frames_per_scene=2, scenes=("astronaut", "coffee"))

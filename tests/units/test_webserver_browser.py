@@ -42,7 +42,20 @@ for (const tile of document.querySelectorAll('.tile')) {
     stats, badge: tile.querySelector('.badge').textContent, foot: tile.querySelector('.tile-foot').textContent};
 }
 const text = (id) => document.getElementById(id).textContent;
-return {tiles, title: document.title, images: document.querySelectorAll('img').length,
+// pixels of the replica chart in the edge and cloud colours (lines drawn, not just axes)
+const chart = document.getElementById('replica-chart');
+const copy = document.createElement('canvas');
+copy.width = chart.width; copy.height = chart.height;
+const reader = copy.getContext('2d', {willReadFrequently: true});   // read a copy: the page's canvas stays as it is
+reader.drawImage(chart, 0, 0);
+const pixels = reader.getImageData(0, 0, copy.width, copy.height).data;
+const near = (i, [r, g, b]) => Math.abs(pixels[i] - r) + Math.abs(pixels[i + 1] - g) + Math.abs(pixels[i + 2] - b) < 30;
+let edgeInk = 0, cloudInk = 0;
+for (let i = 0; i < pixels.length; i += 4) {
+  if (pixels[i + 3] > 200 && near(i, [15, 148, 136])) edgeInk += 1;
+  if (pixels[i + 3] > 200 && near(i, [91, 91, 214])) cloudInk += 1;
+}
+return {tiles, edgeInk, cloudInk, title: document.title, images: document.querySelectorAll('img').length,
         stream: text('stream-state'), mqtt: text('mqtt-state'), fps: text('kpi-fps'),
         frames: text('kpi-frames'), edge: text('kpi-edge'), p95: text('kpi-p95'), replicas: text('replicas'),
         units: text('units')};
@@ -107,7 +120,8 @@ def frame(camera: str, frame_id: int) -> FrameRecord:
                        site="none" if dropped else site, status="dropped" if dropped else "ok",
                        reason="queue full" if dropped else "", policy="min-latency", model="yolov3-tiny",
                        detections=() if dropped else (person, car), bytes_sent=48_000,
-                       t_total_ms=0.0 if dropped else 30.0 + frame_id % 7 * (9 if site == "cloud" else 3))
+                       t_total_ms=0.0 if dropped else 30.0 + frame_id % 7 * (9 if site == "cloud" else 3),
+                       replica="" if dropped else f"{site}-inference-{1 + frame_id % 2 if site == 'edge' else 1}")
 
 
 def test_live_page_updates_and_shows_hostile_names_as_text(broker: BrokerProcess, webserver: UnitProcess,
@@ -133,6 +147,11 @@ def test_live_page_updates_and_shows_hostile_names_as_text(broker: BrokerProcess
         assert page["title"] == "Live results · edgeoffload" and page["images"] == 0
         assert page["frames"] == "25 frames" and page["fps"] != "–" and page["p95"].endswith(" ms")
         assert page["replicas"] == "cloud-inference3edge-inference2" and page["units"] == "autoscalerreporting"
+        # replicas per site over time: the serving lines (records) and the autoscaler's (dashed)
+        page = wait_for(read, lambda p: p["edgeInk"] > 50 and p["cloudInk"] > 50)
+        summary = json.load(urllib.request.urlopen(webserver.url + "/api/summary", timeout=5))
+        assert summary["timeline"][-1]["serving"] == {"edge": 2, "cloud": 1}
+        assert summary["timeline"][-1]["scaled"] == {"edge-inference": 2, "cloud-inference": 3}
         assert page["tiles"]["entrance"]["foot"].startswith("frame #19 · min-latency · yolov3-tiny")
 
         for frame_id in range(20, 30):  # later records, over a second or two, update the same tile

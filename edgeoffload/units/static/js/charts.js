@@ -65,7 +65,7 @@ function drawAxes(ctx, width, height, yMax, count) {
   return { plotW, plotH };
 }
 
-/** Lines (gaps where a value is null), e.g. latency p50 and p95 per second. */
+/** Lines (gaps where a value is null; `dash` a canvas dash pattern), e.g. latency p50 and p95 per second. */
 export function lineChart(canvas, series) {
   const { ctx, width, height } = prepareCanvas(canvas);
   const count = Math.max(1, ...series.map((s) => s.values.length));
@@ -74,10 +74,11 @@ export function lineChart(canvas, series) {
   const { plotW, plotH } = drawAxes(ctx, width, height, yMax, count);
   const x = (i) => PAD.left + (count === 1 ? plotW : (plotW * i) / (count - 1));
   const y = (v) => PAD.top + plotH - (plotH * v) / yMax;
-  for (const { values, color } of series) {
+  for (const { values, color, dash } of series) {
     ctx.strokeStyle = color;
     ctx.lineWidth = 2;
     ctx.lineJoin = "round";
+    ctx.setLineDash(dash || []);
     ctx.beginPath();
     let drawing = false;
     values.forEach((value, i) => {
@@ -86,6 +87,7 @@ export function lineChart(canvas, series) {
       drawing = true;
     });
     ctx.stroke();
+    ctx.setLineDash([]);
     ctx.fillStyle = color; // a second with no neighbours would be invisible as a line: mark it
     values.forEach((value, i) => {
       if (value !== null && (values[i - 1] ?? null) === null && (values[i + 1] ?? null) === null) {

@@ -258,11 +258,23 @@ function visibleSeconds(timeline) {
   return timeline.slice(start);
 }
 
+// The autoscaler reports replicas per Deployment (edge-inference, cloud-inference); null if none.
+function scaledReplicas(second, site) {
+  const entry = Object.entries(second.scaled || {}).find(([name]) => name.startsWith(site));
+  return entry ? entry[1] : null;
+}
+
 function drawCharts(fullTimeline) {
   const timeline = visibleSeconds(fullTimeline);
   lineChart(document.getElementById("latency-chart"), [
     { values: timeline.map((s) => s.p50_ms), color: COLORS.p50 },
     { values: timeline.map((s) => s.p95_ms), color: COLORS.p95 },
+  ]);
+  lineChart(document.getElementById("replica-chart"), [
+    { values: timeline.map((s) => s.serving.edge), color: COLORS.edge },
+    { values: timeline.map((s) => s.serving.cloud), color: COLORS.cloud },
+    { values: timeline.map((s) => scaledReplicas(s, "edge")), color: COLORS.edge, dash: [5, 4] },
+    { values: timeline.map((s) => scaledReplicas(s, "cloud")), color: COLORS.cloud, dash: [5, 4] },
   ]);
   stackedBarChart(document.getElementById("decision-chart"), [
     { values: timeline.map((s) => s.edge), color: COLORS.edge },
@@ -340,6 +352,7 @@ function stopPolling() {
 
 legend("latency-legend", [["p50", "p50"], ["p95", "p95"]]);
 legend("decision-legend", [["edge", "edge"], ["cloud", "cloud"], ["dropped", "drop"], ["error", "error"]]);
+legend("replica-legend", [["edge", "edge"], ["cloud", "cloud"], ["autoscaler", "scaled"]]);
 window.addEventListener("resize", () => {
   for (const tile of tiles.values()) tile.dirty = true;
   scheduleDraw();
