@@ -55,6 +55,18 @@ def exec_unit(unit: str) -> None:
     os.execv(command[0], command)
 
 
+def stop_process_group(process: subprocess.Popen, timeout: float) -> int:
+    """SIGTERM a child started in its own session (its process group), SIGKILL it after `timeout`."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    return process.returncode
+
+
 @dataclass
 class UnitProcess:
     """A unit served by gunicorn in a child process; stop() ends the whole process group."""
@@ -66,14 +78,7 @@ class UnitProcess:
     metrics_dir: str = field(default="")
 
     def stop(self, timeout: float = 15.0) -> int:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        return self.process.returncode
+        return stop_process_group(self.process, timeout)
 
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""

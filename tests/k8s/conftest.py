@@ -13,9 +13,9 @@ from typing import Any, Iterator
 
 import pytest
 
+from controlplane import CONTROLLERS, HPA_FLAGS, ControlPlane, binary_dir, missing_binaries, wait_for
 from serverside import Server
 from test_deploy import NAMESPACE, objects
-from controlplane import CONTROLLERS, HPA_FLAGS, ControlPlane, binary_dir, missing_binaries, wait_for
 
 HERE = Path(__file__).resolve().parent
 KWOK_NODE = "kwok-node"

@@ -14,7 +14,6 @@ import datetime as dt
 import ipaddress
 import os
 import shutil
-import signal
 import ssl
 import subprocess
 import time
@@ -31,7 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from edgeoffload.serve import free_port
+from edgeoffload.serve import free_port, stop_process_group
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = ROOT / "k8s" / "build.sh"
@@ -164,13 +163,7 @@ class Process:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.alive():
-            os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait()
+        stop_process_group(self.popen, timeout)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str, processes: Sequence[Process] = (),

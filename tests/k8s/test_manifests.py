@@ -11,11 +11,10 @@ validator of tests/test_deploy.py is run on the same variants for comparison.
 from __future__ import annotations
 
 import copy
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import kubernetes_validate
 import pytest
