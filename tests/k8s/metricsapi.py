@@ -145,9 +145,8 @@ class MetricsServer:
                      "message": f"{path} is not served here"}
 
     def _serve(self, namespace: str, metric: str, selector: str, user: str) -> Mapping[str, int]:
-        at = time.monotonic()
         values, context = self.script(namespace, metric, selector)
-        self.served.append(Served(at, namespace, metric, selector, dict(values), context, user))
+        self.served.append(Served(time.monotonic(), namespace, metric, selector, dict(values), context, user))
         return values
 
 

@@ -64,10 +64,9 @@ class Recorder:
     def __call__(self, namespace: str, metric: str, selector: str) -> tuple[Mapping[str, int], Any]:
         run = self.runs[namespace]
         with run.lock:
-            now = time.monotonic()
-            if not run.syncs or now - run.last_at > NEW_SYNC_AFTER_S:
-                run.syncs.append(self._observe(run, selector, now))
-            run.last_at = now
+            if not run.syncs or time.monotonic() - run.last_at > NEW_SYNC_AFTER_S:
+                run.syncs.append(self._observe(run, selector))
+            run.last_at = time.monotonic()
             sync = run.syncs[-1]
             index = len(run.syncs) - 1
             names = [p.name for p in sync.pods if not p.deleting]
@@ -75,10 +74,12 @@ class Recorder:
             sync.values[metric] = values
             return values, index
 
-    def _observe(self, run: CaseRun, selector: str, now: float) -> Sync:
+    def _observe(self, run: CaseRun, selector: str) -> Sync:
+        """The scale and the pods, as the sync being served sees them. Its time is taken once
+        they are read, just before the answer: the controller stamps its records after it."""
         scale = self.apps.read_namespaced_deployment_scale("target", run.namespace).spec.replicas
         pods = self.core.list_namespaced_pod(run.namespace, label_selector=selector).items
-        return Sync(now, int(scale or 0), tuple(_pod_view(p) for p in pods))
+        return Sync(time.monotonic(), int(scale or 0), tuple(_pod_view(p) for p in pods))
 
 
 def _pod_view(pod: Any) -> PodView:
