@@ -290,6 +290,95 @@ def pod_seconds(timeline: Sequence[ReplicaPoint], end_s: float) -> float:
     return total
 
 
+# --- HPA syncs and scale events ---------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class SyncPoint:
+    """One reconcile of a pool's HPA on the trace's clock: the replicas it read and set."""
+
+    t: float
+    pool: str
+    current: int
+    desired: int
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleEvent:
+    t: float
+    pool: str
+    before: int
+    after: int
+
+    @property
+    def direction(self) -> str:
+        return "up" if self.after > self.before else "down"
+
+
+def scale_events(syncs: Iterable[SyncPoint]) -> list[ScaleEvent]:
+    """The syncs that changed a pool's replicas."""
+    return [ScaleEvent(s.t, s.pool, s.current, s.desired) for s in syncs if s.desired != s.current]
+
+
+@dataclass(frozen=True, slots=True)
+class SyncComparison:
+    """Replicas the simulator set at each of the testbed's syncs, and the scale events of both."""
+
+    syncs: int                                   # testbed syncs compared
+    within_one: int                              # ... where the simulator's count is within +-1
+    largest_gap: int
+    worst: SyncPoint | None                      # the testbed sync with the largest gap
+    matched: list[tuple[ScaleEvent, ScaleEvent]]  # (testbed, simulator) events within the tolerance
+    missed: list[ScaleEvent]                     # testbed events the simulator did not make in time
+    extra: list[ScaleEvent]                      # simulator events the testbed did not make
+
+    @property
+    def replicas_within_one(self) -> bool:
+        return self.within_one == self.syncs
+
+    @property
+    def events_within_a_period(self) -> bool:
+        return not self.missed and not self.extra
+
+
+def compare_syncs(real: Sequence[SyncPoint], simulated: Sequence[SyncPoint], period_s: float) -> SyncComparison:
+    """Each testbed sync against the simulator's sync nearest in time (same pool; its
+    `desired`, or the replicas then in force when none is within half a period), and each
+    testbed scale event against a simulated one of the same pool and direction at most one
+    sync period away (matched one to one, in time order)."""
+    within, largest, worst = 0, 0, None
+    for point in real:
+        gap = abs(point.desired - _replicas_at(simulated, point.pool, point.t, period_s))
+        within += gap <= 1
+        if gap > largest:
+            largest, worst = gap, point
+    sim_events = scale_events(simulated)
+    matched, missed = [], []
+    for event in scale_events(real):
+        candidates = [e for e in sim_events if e.pool == event.pool and e.direction == event.direction
+                      and abs(e.t - event.t) <= period_s + 1e-6]
+        if candidates:
+            chosen = min(candidates, key=lambda e: abs(e.t - event.t))
+            sim_events.remove(chosen)
+            matched.append((event, chosen))
+        else:
+            missed.append(event)
+    return SyncComparison(len(real), within, largest, worst, matched, missed, sim_events)
+
+
+def _replicas_at(syncs: Sequence[SyncPoint], pool: str, t: float, period_s: float) -> int:
+    mine = [s for s in syncs if s.pool == pool]
+    nearest = min(mine, key=lambda s: abs(s.t - t), default=None)
+    if nearest is not None and abs(nearest.t - t) <= period_s / 2:
+        return nearest.desired
+    before = [s for s in mine if s.t <= t]
+    return before[-1].desired if before else (mine[0].current if mine else 0)
+
+
+def in_phase(records: Sequence[FrameRecord], start_s: float, end_s: float) -> list[FrameRecord]:
+    """The records captured in [start_s, end_s) after the first one (the trace's clock)."""
+    return [r for r, t in zip(records, relative_times(records)) if start_s <= t < end_s]
+
+
 # --- plots ------------------------------------------------------------------------------
 
 def _pyplot() -> Any:
@@ -399,7 +488,8 @@ def _save(fig: Any, plt: Any, path: str | Path) -> Path:
     return path
 
 
-__all__ = ["Column", "Deviation", "METRIC_KEYS", "POLICY_COLUMNS", "ReplicaPoint", "RunMetrics", "after_warmup",
+__all__ = ["Column", "Deviation", "ScaleEvent", "SyncComparison", "SyncPoint", "compare_syncs", "in_phase",
+           "scale_events", "METRIC_KEYS", "POLICY_COLUMNS", "ReplicaPoint", "RunMetrics", "after_warmup",
            "compare", "from_records", "from_runs", "from_summary", "markdown_table", "pareto_front", "plot_grouped_bars",
            "plot_latency_cdf", "plot_pareto", "pod_seconds", "simulate_policies", "plot_timelines", "relative_error", "relative_times", "step_at",
            "timeline_from_summary", "write_csv", "write_table"]

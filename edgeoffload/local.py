@@ -31,7 +31,7 @@ from types import FrameType
 from typing import Callable
 
 from edgeoffload.broker import BrokerProcess, find_mosquitto, start_broker
-from edgeoffload.hpa import HPAError, HPASpec, load_hpa_manifests
+from edgeoffload.hpa import DEFAULT_RELEASE, RELEASES, HPAError, HPASpec, load_hpa_manifests
 from edgeoffload.endpointslices import EndpointSliceServer, EndpointSliceStore
 from edgeoffload.localscale import LocalAutoscaler, ReplicaPool, ScaleStatus, status_message
 from edgeoffload.messaging import MQTTSettings, Publisher
@@ -103,6 +103,7 @@ class TestbedOptions:
     autoscale: bool = True
     hpa_file: str | None = None            # default: the project's autoscale.yml, as on Kubernetes
     sync_period_s: float = 15.0
+    kubernetes_version: str = DEFAULT_RELEASE  # whose HPA controller the autoscaler reproduces
     discovery: str = "kubernetes"          # as shipped: EndpointSlices; "static": through the Service relays
     broker_port: int = 0
     preprocessor_port: int = 0
@@ -120,7 +121,7 @@ def hpa_for(options: TestbedOptions, site: str) -> HPASpec:
     """
     site_options = options.edge if site == "edge" else options.cloud
     path = options.hpa_file or str(autoscale_file())
-    spec = _hpa_of_site(load_hpa_manifests(path), site, path)
+    spec = _hpa_of_site(load_hpa_manifests(path, kubernetes_version=options.kubernetes_version), site, path)
     cap = max(1, site_options.max_replicas)
     return dataclasses.replace(spec, min_replicas=min(spec.min_replicas, cap), max_replicas=min(spec.max_replicas, cap),
                                sync_period_s=options.sync_period_s)
@@ -259,10 +260,25 @@ class Testbed:
         self._write_pid_file()
         self._status_publisher = Publisher(self.mqtt_settings("autoscaler"), unit="autoscaler").start()
         if opts.autoscale:
-            pools = {site: (self.pools[site], hpa_for(opts, site)) for site in SITES}
-            self.autoscaler = LocalAutoscaler(pools, publish=self._status_publisher.publish_status).start()
+            self.autoscaler = self._new_autoscaler().start()
         self._status_publisher.publish_status(status_message(self.pools, [
             ScaleStatus(site, pool.size, pool.size, "initial", {}) for site, pool in self.pools.items()]))
+
+    def _new_autoscaler(self) -> LocalAutoscaler:
+        assert self._status_publisher is not None
+        pools = {site: (self.pools[site], hpa_for(self.options, site)) for site in SITES}
+        return LocalAutoscaler(pools, publish=self._status_publisher.publish_status)
+
+    def restart_autoscaler(self) -> LocalAutoscaler:
+        """A fresh start for an experiment: stop the autoscaler, bring each pool back to its
+        starting replicas (waiting until they are ready), and start a new autoscaler, whose HPA
+        controllers remember nothing (as HPAs created now would). Its first reconcile follows."""
+        if self.autoscaler is not None:
+            self.autoscaler.stop()
+        for site, pool in self.pools.items():
+            pool.scale_to(starting_replicas(self.options, site))
+        self.autoscaler = self._new_autoscaler().start()
+        return self.autoscaler
 
     @property
     def kubeconfig(self) -> Path:
@@ -430,6 +446,8 @@ def add_testbed_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how the preprocessor finds replicas: their EndpointSlices, as shipped (default), "
                              "or one Service address per site")
     parser.add_argument("--sync-period", type=float, default=15.0, help="autoscaler sync period (s)")
+    parser.add_argument("--kubernetes-version", default=DEFAULT_RELEASE, choices=RELEASES,
+                        help=f"release whose HPA controller the autoscaler reproduces (default {DEFAULT_RELEASE})")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="preprocessor port (0 = any)")
     parser.add_argument("--web-port", type=int, default=8000, help="web page port (0 = any)")
@@ -449,7 +467,8 @@ def options_from(args: argparse.Namespace) -> TestbedOptions:
     return TestbedOptions(host=args.host, edge=site("edge"), cloud=site("cloud"),
                           wan=LinkProfile(args.wan_delay_ms / 1000.0, bps(args.wan_up_mbps), bps(args.wan_down_mbps)),
                           policy=args.policy, max_side=args.max_side, autoscale=not args.no_autoscale, hpa_file=args.hpa,
-                          sync_period_s=args.sync_period, discovery=args.discovery, broker_port=args.mqtt_port,
+                          sync_period_s=args.sync_period, kubernetes_version=args.kubernetes_version,
+                          discovery=args.discovery, broker_port=args.mqtt_port,
                           preprocessor_port=args.port, web_port=args.web_port, workdir=args.workdir)
 
 

@@ -94,6 +94,8 @@ class LocalReplica:
     name: str
     unit: UnitProcess
     wan_relay: TcpRelay | None = None
+    started_at: float = 0.0    # time.monotonic() at process start (the pod's startTime)
+    ready_at: float = 0.0      # ... when it answered ready (its Ready condition's last transition)
 
     @property
     def pid(self) -> int:
@@ -223,7 +225,7 @@ class ReplicaPool:
         if self.wan is not None:
             host, port = urlparse(unit.url).hostname or "127.0.0.1", urlparse(unit.url).port or 80
             wan_relay = TcpRelay([(host, port)], host=host, link=self.wan, name=f"{name}-wan").start()
-        replica = LocalReplica(name, unit, wan_relay)
+        replica = LocalReplica(name, unit, wan_relay, started_at=pending.since, ready_at=time.monotonic())
         with self._lock:
             live = pending in self.starting and not self._stopping.is_set()
             if live:
@@ -235,7 +237,7 @@ class ReplicaPool:
             return
         with self._lock:
             self.windows[replica.pid] = ReplicaWindow(cpu_start_s=process_tree_cpu_seconds(replica.pid),
-                                                      wall_start=time.monotonic())
+                                                      wall_start=replica.ready_at)
             self.peak = max(self.peak, len(self.replicas))
         self._publish(replica, ready=True)
         self._watch()
@@ -317,7 +319,8 @@ class ReplicaPool:
             with self._lock:
                 window = self.windows.setdefault(pid, ReplicaWindow(cpu_start_s=cpu_now, wall_start=now))
                 values: dict[str, float] = {}
-                elapsed = now - window.wall_start
+                window_start = window.wall_start
+                elapsed = now - window_start
                 for metric in spec.metrics:
                     if metric.kind == "Resource" and elapsed > 0:
                         values["cpu"] = max(0.0, cpu_now - window.cpu_start_s) / elapsed
@@ -325,7 +328,8 @@ class ReplicaPool:
                         values[metric.name] = sum(window.in_flight) / len(window.in_flight)
                 window.reset(cpu_now, now)
             samples.append(PodSample(name=replica.name, ready=alive, phase="Running" if alive else "Failed",
-                                     values=values, requests={"cpu": self.cpu_request}))
+                                     values=values, requests={"cpu": self.cpu_request}, started_at=replica.started_at,
+                                     ready_changed_at=replica.ready_at, window_start=window_start))
         return samples + pending
 
     def stop(self) -> None:
@@ -384,10 +388,13 @@ class LocalAutoscaler:
         self.publish = publish
         self.samples_per_sync = max(1, samples_per_sync)
         self.history: list[ScaleStatus] = []
+        self.started_at = self.started_wall = 0.0   # monotonic and wall clock at start(): the sync grid
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="local-autoscaler")
 
     def start(self) -> "LocalAutoscaler":
+        self.started_at = time.monotonic()
+        self.started_wall = time.time()
         self._thread.start()
         return self
 
@@ -416,22 +423,25 @@ class LocalAutoscaler:
         return statuses
 
     def _loop(self) -> None:
-        periods = {spec.sync_period_s for _, spec in self.pools.values()}
-        period = min(periods) if periods else 15.0
-        next_sync = time.monotonic() + period
+        """Reconcile on a fixed grid (first at the HPAs' first_reconcile_s, then every sync
+        period, as the controller requeues each HPA), scraping `samples_per_sync` times between."""
+        specs = [spec for _, spec in self.pools.values()]
+        period = min((spec.sync_period_s for spec in specs), default=15.0)
+        next_sync = self.started_at + min((spec.first_reconcile_s for spec in specs), default=period)
         while not self._stop.is_set():
-            for _ in range(self.samples_per_sync):
-                for pool, _spec in self.pools.values():
-                    pool.sample()
-                if self._stop.wait(period / self.samples_per_sync):
-                    return
             now = time.monotonic()
-            if now >= next_sync - 1e-3:
+            if now >= next_sync:
                 try:
                     self.sync(now)
                 except Exception:  # a failed scale-up must not end autoscaling for the rest of the run
                     log.exception("autoscaler sync failed")
-                next_sync = now + period
+                while next_sync <= time.monotonic():
+                    next_sync += period
+                continue
+            for pool, _spec in self.pools.values():
+                pool.sample()
+            if self._stop.wait(max(0.0, min(period / self.samples_per_sync, next_sync - time.monotonic()))):
+                return
 
 
 __all__ = ["LocalAutoscaler", "LocalReplica", "ReplicaPool", "ScaleStatus", "status_message", "check_servable",

@@ -2,6 +2,12 @@
 
 The same policy object runs inside the EdgePreprocessorUnit and inside the simulator,
 so a policy sees only an Observation and (optionally) learns from FrameRecords.
+
+Seeds: a policy that draws random numbers takes a `seed` keyword at construction and seeds its
+own generator with it. `load_policy(spec, seed=N)` passes N to such a class (the built-ins
+`random` and `bandit`, and user classes whose constructor has a `seed` parameter); the simulator
+derives N from the scenario's seed, the preprocessor takes PRE_SEED. Instances and functions are
+used as they are.
 """
 from __future__ import annotations
 
@@ -243,30 +249,32 @@ def _float_arg(arg: str | None, default: float, name: str) -> float:
         raise ValueError(f"policy {name!r} takes a number, got {arg!r}") from None
 
 
-BUILTINS: dict[str, Callable[[str | None], Any]] = {
-    "edge-only": lambda arg: EdgeOnly(),
-    "cloud-only": lambda arg: CloudOnly(),
-    "alternate": lambda arg: Alternate(),
-    "random": lambda arg: RandomSplit(_float_arg(arg, 0.5, "random")),
-    "queue-threshold": lambda arg: QueueThreshold(_float_arg(arg, 2, "queue-threshold")),
-    "min-latency": lambda arg: MinLatency(),
-    "deadline": lambda arg: Deadline(_float_arg(arg, 0.2, "deadline")),
-    "bandit": lambda arg: EpsilonGreedy(_float_arg(arg, 0.1, "bandit")),
+# name -> factory(arg, seed)
+BUILTINS: dict[str, Callable[[str | None, int], Any]] = {
+    "edge-only": lambda arg, seed: EdgeOnly(),
+    "cloud-only": lambda arg, seed: CloudOnly(),
+    "alternate": lambda arg, seed: Alternate(),
+    "random": lambda arg, seed: RandomSplit(_float_arg(arg, 0.5, "random"), seed=seed),
+    "queue-threshold": lambda arg, seed: QueueThreshold(_float_arg(arg, 2, "queue-threshold")),
+    "min-latency": lambda arg, seed: MinLatency(),
+    "deadline": lambda arg, seed: Deadline(_float_arg(arg, 0.2, "deadline")),
+    "bandit": lambda arg, seed: EpsilonGreedy(_float_arg(arg, 0.1, "bandit"), seed=seed),
 }
 
 
-def load_policy(spec: str) -> Policy:
+def load_policy(spec: str, seed: int | None = None) -> Policy:
     """Build a policy from `name[:arg]` (a built-in), `module:attr` or `path/to/file.py:attr`.
 
-    `attr` may be a Policy class (instantiated without arguments), a Policy instance, or a
-    plain function `estimate_to_cloud(obs) -> bool`.
+    `attr` may be a Policy class (instantiated without arguments, or with `seed=seed` when a
+    seed is given and its constructor takes one), a Policy instance, or a plain function
+    `estimate_to_cloud(obs) -> bool`. Without a seed the built-ins draw from seed 0.
     """
     spec = spec.strip()
     if not spec:
         raise ValueError("empty policy spec; try one of: " + ", ".join(sorted(BUILTINS)))
     name, _, arg = spec.partition(":")
     if name in BUILTINS:
-        return BUILTINS[name](arg or None)
+        return BUILTINS[name](arg or None, 0 if seed is None else seed)
     if not arg:
         raise ValueError(f"unknown policy {spec!r}: use a built-in ({', '.join(sorted(BUILTINS))}),"
                          " 'module:attr' or 'path/to/file.py:attr'")
@@ -276,13 +284,14 @@ def load_policy(spec: str) -> Policy:
         obj = getattr(module, attr)
     except AttributeError:
         raise ValueError(f"policy {spec!r}: {target!r} has no attribute {attr!r}") from None
-    return as_policy(obj, name=attr)
+    return as_policy(obj, name=attr, seed=seed)
 
 
-def as_policy(obj: Any, name: str | None = None) -> Policy:
-    """Turn a class, instance or function into an object with the full Policy interface."""
+def as_policy(obj: Any, name: str | None = None, seed: int | None = None) -> Policy:
+    """Turn a class, instance or function into an object with the full Policy interface
+    (a class is constructed, with `seed=seed` if a seed is given and it takes one)."""
     if inspect.isclass(obj):
-        obj = obj()
+        obj = obj(seed=seed) if seed is not None and _takes_seed(obj) else obj()
     decide = getattr(obj, "estimate_to_cloud", None)
     if callable(decide):
         if callable(getattr(obj, "feedback", None)) and isinstance(getattr(obj, "name", None), str):
@@ -292,6 +301,15 @@ def as_policy(obj: Any, name: str | None = None) -> Policy:
     if callable(obj):
         return FunctionPolicy(obj, name or getattr(obj, "__name__", "custom"))
     raise ValueError(f"{obj!r} is not a policy: it needs an estimate_to_cloud(obs) method or must be a function")
+
+
+def _takes_seed(cls: type) -> bool:
+    try:
+        parameter = inspect.signature(cls).parameters.get("seed")
+    except (TypeError, ValueError):
+        return False
+    return parameter is not None and parameter.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                        inspect.Parameter.KEYWORD_ONLY)
 
 
 def _import_target(target: str) -> Any:

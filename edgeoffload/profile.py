@@ -59,6 +59,7 @@ import requests
 from edgeoffload.load.sample_video import CyclicFrames, open_source
 from edgeoffload.offload import new_session
 from edgeoffload.policy import Observation, SiteState, load_policy
+from edgeoffload.sim.distributions import stream_seed
 
 log = logging.getLogger(__name__)
 
@@ -429,7 +430,7 @@ def idle_state(site: SiteMeasurement, rtt_ms: float = 0.0, bandwidth_bps: float 
 def measure_loaded(edge: SiteMeasurement, cloud: SiteMeasurement, wan: WanEstimate, payloads: Sequence[bytes],
                    load: BackgroundLoad, samples: int, warmup: int = 2) -> LoadedMeasurement:
     """Offer `load.fps` open-loop until both sites have `samples` timed answers after `warmup`."""
-    policy = load_policy(load.policy)
+    policy = load_policy(load.policy, seed=stream_seed(load.seed, "policy"))   # not the arrivals' stream
     sites = {"edge": _LoadSite("edge", edge.url, load.concurrency, idle_state(edge)),
              "cloud": _LoadSite("cloud", cloud.url, load.concurrency,
                                 idle_state(cloud, statistics.median(wan.rtt_ms) if wan.rtt_ms else 0.0,

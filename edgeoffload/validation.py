@@ -37,12 +37,13 @@ from typing import Any, Callable
 import requests
 
 from edgeoffload import contention
-from edgeoffload.analysis import (Deviation, ReplicaPoint, RunMetrics, after_warmup, compare, from_records, from_runs,
-                                  pod_seconds, timeline_from_summary)
+from edgeoffload.analysis import (Deviation, ReplicaPoint, RunMetrics, SyncComparison, SyncPoint, after_warmup, compare,
+                                  compare_syncs, from_records, from_runs, in_phase, pod_seconds, timeline_from_summary)
 from edgeoffload.load.sample_video import CyclicFrames, open_source
 from edgeoffload.load.trace import Trace, TraceSpec, generate, with_frame_content, with_frame_sizes, write_trace
 from edgeoffload.config import load_config
 from edgeoffload.local import SiteOptions, Testbed, TestbedOptions, hpa_for, starting_replicas
+from edgeoffload.localscale import LocalAutoscaler
 from edgeoffload.profile import BackgroundLoad, Profile, measure
 from edgeoffload.records import FrameRecord, read_records
 from edgeoffload.relay import LinkProfile
@@ -59,6 +60,7 @@ PREPROCESSOR = load_config(PreprocessorConfig, "PRE_", env=unit_settings("prepro
 PREPROCESSOR_DEADLINE_MS = PREPROCESSOR.deadline_ms or 500.0
 
 MIN_CONTENT_FRAMES = 2   # answers of one picture needed to estimate its relative cost
+TARGET_METRICS = ("p50_ms", "p95_ms", "cloud_share")
 
 MODEL_DIFFERENCES: tuple[str, ...] = (
     "the preprocessor's own work (decode, resize, JPEG re-encode; `preprocess_ms` in the profile) "
@@ -93,6 +95,7 @@ class ValidationSetup:
     calibration_length: float = 2.0        # calibration replay duration / evaluated trace duration
     shared_cpu: bool = True                # model the two sites slowing each other on this machine (contention.py)
     warmup_s: float = 5.0
+    phases: tuple[tuple[str, float, float], ...] = ()   # (name, start, end) s after the first frame: compared apart
     sim_seeds: int = 5
     sample_interval_s: float = 0.5
     drain_timeout_s: float = 60.0
@@ -120,6 +123,9 @@ class ValidationResult:
     shared_cpu: dict[str, Any] | None = None   # the contention the simulator modelled (profile's shared_cpu)
     observer: dict[str, float] = field(default_factory=dict)   # the estimates the simulation started from
     content_factor: dict[str, float] = field(default_factory=dict)   # each picture's relative cost
+    real_syncs: list[SyncPoint] = field(default_factory=list)        # the testbed's HPA syncs, first frame = 0
+    sim_syncs: list[list[SyncPoint]] = field(default_factory=list)   # the simulator's, one list per seed
+    phases: list["PhaseResult"] = field(default_factory=list)
 
     @property
     def sim_records(self) -> list[FrameRecord]:
@@ -127,7 +133,38 @@ class ValidationResult:
 
     @property
     def target_met(self) -> bool:
-        return all(d.within for d in self.deviations if d.metric in ("p50_ms", "p95_ms", "cloud_share"))
+        return all(d.within for d in self.deviations if d.metric in TARGET_METRICS)
+
+    def sync_comparisons(self) -> list[SyncComparison]:
+        """The testbed's HPA syncs against each simulated seed's."""
+        return [compare_syncs(self.real_syncs, syncs, self.setup.sync_period_s) for syncs in self.sim_syncs]
+
+
+@dataclass(frozen=True)
+class PhaseResult:
+    """One phase of the trace (e.g. before, during and after a load step), compared on its own."""
+
+    name: str
+    start_s: float
+    end_s: float
+    real: RunMetrics
+    simulated: RunMetrics
+    deviations: list[Deviation]
+
+    @property
+    def target_met(self) -> bool:
+        return all(d.within for d in self.deviations if d.metric in TARGET_METRICS)
+
+
+def compare_phases(setup: ValidationSetup, real: list[FrameRecord], sim_runs: list[list[FrameRecord]]) -> list[PhaseResult]:
+    """`setup.phases` compared one by one (records of every frame, warm-up included, go in)."""
+    results = []
+    for name, start, end in setup.phases:
+        start = max(start, setup.warmup_s)
+        real_part = from_records(in_phase(real, start, end), f"testbed {name}")
+        sim_part = from_runs([in_phase(run, start, end) for run in sim_runs], f"simulator {name}")
+        results.append(PhaseResult(name, start, end, real_part, sim_part, compare(real_part, sim_part)))
+    return results
 
 
 def profile_load(setup: ValidationSetup, trace: Trace) -> BackgroundLoad | None:
@@ -234,6 +271,23 @@ class ReplicaSampler:
         return [ReplicaPoint(round(t - origin, 3), edge, cloud) for t, edge, cloud in self.samples if t >= origin]
 
 
+def testbed_syncs(autoscaler: LocalAutoscaler, origin: float) -> list[SyncPoint]:
+    """The local autoscaler's syncs from the first frame (wall-clock `origin`) on, in seconds since it."""
+    return [SyncPoint(round(status.at - origin, 3), status.pool, status.current, status.desired)
+            for status in autoscaler.history if status.at >= origin]
+
+
+def first_sync_in_trace(autoscaler: LocalAutoscaler, origin: float, trace: Trace) -> float:
+    """When, on the trace's clock, the testbed's autoscaler reconciled first at or after the
+    first frame: the simulation's HPAs reconcile in the same phase."""
+    specs = [spec for _, spec in autoscaler.pools.values()]
+    period = min(spec.sync_period_s for spec in specs)
+    first = autoscaler.started_wall + min(spec.first_reconcile_s for spec in specs) - origin
+    while first < 0:
+        first += period
+    return round(first + (trace.events[0].time_s if len(trace) else 0.0), 3)
+
+
 def time_cold_start(testbed: Testbed, site: str = "cloud") -> float:
     """Seconds from starting one more replica process of `site` to its ready probe passing."""
     pool = testbed.pools[site]
@@ -274,7 +328,8 @@ def preprocessor_state(testbed: Testbed) -> dict[str, Any]:
 
 
 def simulated_scenario(setup: ValidationSetup, trace_csv: Path, profile_json: Path, cold_start_s: float,
-                       duration_s: float, seed: int, observer: dict[str, float] | None = None) -> Any:
+                       duration_s: float, seed: int, observer: dict[str, float] | None = None,
+                       first_sync_s: float | None = None) -> Any:
     """The testbed as a scenario: trace-driven cameras, profile-driven pools and WAN, the HPA
     the local autoscaler runs (the very same HPASpec objects), and the preprocessor's estimates
     at the start of the replay (`observer`, see observer_from_state) when given."""
@@ -307,22 +362,38 @@ def simulated_scenario(setup: ValidationSetup, trace_csv: Path, profile_json: Pa
         raw["shared_cpu"] = {"cores": shared["cores"], "pools": ["edge", "cloud"]}
     scenario = load_scenario(raw, base_dir=trace_csv.parent)
     if setup.autoscale:
-        scenario = dataclasses.replace(
-            scenario, edge=dataclasses.replace(scenario.edge, hpa=hpa_for(options, "edge")),
-            cloud=dataclasses.replace(scenario.cloud, hpa=hpa_for(options, "cloud")))
+        def hpa(site: str) -> Any:   # the testbed's HPA, synced in the testbed's phase when known
+            return dataclasses.replace(hpa_for(options, site), first_sync_s=first_sync_s)
+        scenario = dataclasses.replace(scenario, edge=dataclasses.replace(scenario.edge, hpa=hpa("edge")),
+                                       cloud=dataclasses.replace(scenario.cloud, hpa=hpa("cloud")))
     return scenario
 
 
+@dataclass
+class Simulated:
+    """The simulator's runs of one trace: per seed, its summary, records and HPA syncs."""
+
+    summaries: list[Summary] = field(default_factory=list)
+    records: list[list[FrameRecord]] = field(default_factory=list)
+    syncs: list[list[SyncPoint]] = field(default_factory=list)
+
+
 def simulate(setup: ValidationSetup, trace_csv: Path, profile_json: Path, cold_start_s: float, duration_s: float,
-             records_dir: Path, observer: dict[str, float] | None = None) -> tuple[list[Summary], list[list[FrameRecord]]]:
-    summaries, records = [], []
+             records_dir: Path, observer: dict[str, float] | None = None,
+             first_sync_s: float | None = None) -> Simulated:
+    """`setup.sim_seeds` simulations of the trace; sync times are given since the first frame."""
+    runs = Simulated()
     for seed in range(setup.sim_seeds):
-        scenario = simulated_scenario(setup, trace_csv, profile_json, cold_start_s, duration_s, seed, observer)
+        scenario = simulated_scenario(setup, trace_csv, profile_json, cold_start_s, duration_s, seed, observer,
+                                      first_sync_s)
         path = records_dir / f"sim_records_seed{seed}.csv"
         result = run_scenario(scenario, setup.policy, out=path)
-        summaries.append(result.summary)
-        records.append(list(read_records(path)))
-    return summaries, records
+        first_frame = min((row[0] for group in scenario.cameras for row in group.trace), default=0.0)
+        runs.summaries.append(result.summary)
+        runs.records.append(list(read_records(path)))
+        runs.syncs.append([SyncPoint(round(s.t - first_frame, 3), s.pool, s.current, s.desired)
+                           for s in result.hpa_syncs])
+    return runs
 
 
 def profile_from_records(records: list[FrameRecord], profile: Profile, method: str,
@@ -446,10 +517,15 @@ def run_validation(setup: ValidationSetup, out_dir: str | Path,
                 profile_json = calibrate(setup, testbed, frames, profile, out, progress)
             observer = observer_from_state(preprocessor_state(testbed))
             (out / "observer_start.json").write_text(json.dumps(observer, indent=1) + "\n", encoding="utf-8")
+            # The evaluated replay starts with the starting replicas and HPAs that remember nothing
+            # of the calibration, as the simulation does.
+            autoscaler = testbed.restart_autoscaler() if setup.autoscale else None
             progress(f"replaying {len(trace)} frames over {trace.duration_s:.0f}s")
             with ReplicaSampler(testbed, setup.sample_interval_s) as sampler:
                 result = replay_process(trace_csv, testbed, out / "real_records.csv", setup.drain_timeout_s,
                                         trace.duration_s)
+            if autoscaler is not None:
+                autoscaler.stop()   # its syncs are the evaluated run's
             progress("profiling again, to see whether the machine changed during the replay")
             profile_after = measure(testbed.relays["edge"].url, testbed.relays["cloud"].url,
                                     frames=setup.profile_frames, max_side=setup.max_side, load=load)
@@ -457,9 +533,12 @@ def run_validation(setup: ValidationSetup, out_dir: str | Path,
     calibrated = json.loads(profile_json.read_text(encoding="utf-8"))
     all_real = list(read_records(out / "real_records.csv"))
     origin = min((r.captured_at for r in all_real), default=time.time())
+    real_syncs = testbed_syncs(autoscaler, origin) if autoscaler is not None else []
+    first_sync = first_sync_in_trace(autoscaler, origin, trace) if autoscaler is not None else None
     progress(f"simulating {setup.sim_seeds} seed(s)")
-    summaries, sim_runs = simulate(setup, trace_csv, profile_json, cold_start_s, trace.duration_s + 1e-3, out,
-                                   observer)
+    simulated_runs = simulate(setup, trace_csv, profile_json, cold_start_s, trace.duration_s + 1e-3, out, observer,
+                              first_sync)
+    summaries, sim_runs = simulated_runs.summaries, simulated_runs.records
     real_records = after_warmup(all_real, setup.warmup_s)
     real_timeline, sim_timeline = sampler.timeline(origin), timeline_from_summary(summaries[0])
     end = trace.duration_s
@@ -472,15 +551,16 @@ def run_validation(setup: ValidationSetup, out_dir: str | Path,
     in_run_json.write_text(json.dumps(in_run_profile(real_records, profile, setup.shared_cpu, picture_of(setup, frames)), indent=1) + "\n", encoding="utf-8")
     in_run_dir = out / "in_run"
     in_run_dir.mkdir(exist_ok=True)
-    _, in_run_runs = simulate(setup, trace_csv, in_run_json, cold_start_s, trace.duration_s + 1e-3, in_run_dir,
-                              observer)
+    in_run_runs = simulate(setup, trace_csv, in_run_json, cold_start_s, trace.duration_s + 1e-3, in_run_dir,
+                           observer, first_sync).records
     in_run_counted = [after_warmup(run, setup.warmup_s) for run in in_run_runs]
     in_run = from_runs(in_run_counted, "simulator, in-run service times")
     return ValidationResult(setup, profile, cold_start_s, result, real, simulated, per_seed,
                             compare(real, simulated), real_timeline, sim_timeline,
                             real_records, sim_counted, summaries, in_run, compare(real, in_run),
                             [record for run in in_run_counted for record in run], profile_after,
-                            calibrated.get("shared_cpu"), observer, calibrated.get("content_factor", {}))
+                            calibrated.get("shared_cpu"), observer, calibrated.get("content_factor", {}),
+                            real_syncs, simulated_runs.syncs, compare_phases(setup, all_real, sim_runs))
 
 
 # --- where the time goes ---------------------------------------------------------------------
@@ -512,6 +592,6 @@ def with_offset(records: list[FrameRecord], offset_ms: float) -> list[FrameRecor
     return shifted
 
 
-__all__ = ["MODEL_DIFFERENCES", "ReplayOutcome", "ReplicaSampler", "ValidationResult", "ValidationSetup", "breakdown",
+__all__ = ["MODEL_DIFFERENCES", "PhaseResult", "ReplayOutcome", "Simulated", "compare_phases", "testbed_syncs", "ReplicaSampler", "ValidationResult", "ValidationSetup", "breakdown",
            "in_run_profile", "profile_load", "run_validation", "sent_sizes", "simulate", "simulated_scenario",
            "time_cold_start", "with_offset"]

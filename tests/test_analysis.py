@@ -155,3 +155,29 @@ def test_plots_are_written_as_png(tmp_path: Path) -> None:
     for path in paths:
         data = path.read_bytes()
         assert data.startswith(PNG_SIGNATURE) and len(data) > 5000
+
+
+def test_syncs_compare_replicas_within_one_and_events_within_a_period() -> None:
+    from edgeoffload.analysis import SyncPoint, compare_syncs, scale_events
+
+    real = [SyncPoint(0.4, "edge", 1, 1), SyncPoint(15.4, "edge", 1, 3), SyncPoint(30.4, "edge", 3, 3),
+            SyncPoint(45.4, "edge", 3, 2), SyncPoint(15.4, "cloud", 2, 2)]
+    close = [SyncPoint(0.5, "edge", 1, 1), SyncPoint(15.5, "edge", 1, 2), SyncPoint(30.5, "edge", 2, 3),
+             SyncPoint(45.5, "edge", 3, 3), SyncPoint(60.5, "edge", 3, 2), SyncPoint(15.5, "cloud", 2, 2)]
+    result = compare_syncs(real, close, period_s=15)
+    assert (result.syncs, result.within_one, result.largest_gap) == (5, 5, 1) and result.replicas_within_one
+    # up 1->3 at 15.4 matches up 1->2 at 15.5; the down at 45.4 has none within 15 s (60.5 is 15.1 s later)
+    assert [(r.t, s.t) for r, s in result.matched] == [(15.4, 15.5)]
+    assert [e.t for e in result.missed] == [45.4] and [e.t for e in result.extra] == [30.5, 60.5]
+    assert not result.events_within_a_period
+    far = compare_syncs(real, [SyncPoint(15.5, "edge", 1, 4)], period_s=15)   # 4 in force from 15.5 on
+    assert (far.within_one, far.largest_gap, far.worst) == (3, 2, real[3]) and not far.replicas_within_one
+    assert [e.direction for e in scale_events(real)] == ["up", "down"]
+
+
+def test_phases_are_cut_on_the_time_since_the_first_frame() -> None:
+    from edgeoffload.analysis import in_phase
+
+    records = [FrameRecord("cam", i, 1000.0 + t, "edge", "ok") for i, t in enumerate((0.0, 5.0, 44.9, 45.0, 120.0))]
+    assert [r.frame_id for r in in_phase(records, 5.0, 45.0)] == [1, 2]
+    assert [r.frame_id for r in in_phase(records, 45.0, 1e9)] == [3, 4]

@@ -156,6 +156,20 @@ spec:
     default = hpa_for(TestbedOptions(), "cloud")   # the project's autoscale.yml, as on Kubernetes
     assert (default.name, default.min_replicas, default.max_replicas) == ("cloud-inference", 2, 2)
     assert {(m.kind, m.name) for m in default.metrics} == {("Resource", "cpu"), ("Pods", "edgeoffload_inference_in_flight")}
+    assert default.kubernetes_version == "1.37"
+
+
+def test_the_hpa_release_is_an_option() -> None:
+    import argparse
+
+    from edgeoffload.local import add_testbed_arguments, hpa_for, options_from
+
+    parser = argparse.ArgumentParser()
+    add_testbed_arguments(parser)
+    options = options_from(parser.parse_args(["--kubernetes-version", "1.32"]))
+    assert options.kubernetes_version == "1.32" and hpa_for(options, "edge").kubernetes_version == "1.32"
+    with pytest.raises(SystemExit):   # argparse: invalid choice
+        parser.parse_args(["--kubernetes-version", "1.20"])
 
 
 def test_units_run_with_the_configmaps_settings_and_discover_replicas_like_on_kubernetes(tmp_path: Path) -> None:

@@ -107,6 +107,24 @@ def test_scales_up_under_load_and_back_down_when_idle(pool: ReplicaPool) -> None
     assert pool.peak == 2
 
 
+def test_the_first_sync_keeps_a_pool_that_starts_above_its_need(pool: ReplicaPool) -> None:
+    """The HPA's first reconcile records the current count (horizontal.go recordInitialRecommendation):
+    two idle replicas stay two until that record leaves the 30 s scale-down window."""
+    pool.scale_to(2)
+    spec = HPASpec(min_replicas=1, max_replicas=2, sync_period_s=1.0,
+                   behavior=Behavior(scale_down=ScalingRules(30, (ScalingPolicy("Percent", 100, 15),))),
+                   metrics=(MetricTarget("Pods", IN_FLIGHT_METRIC, "AverageValue", 1.0),))
+    autoscaler = LocalAutoscaler({"edge": (pool, spec)})
+    start = time.monotonic()
+    for later_s, expected in ((0.0, 2), (15.0, 2), (30.0, 1)):   # idle: 0 in flight wants 1 replica
+        pool.sample()
+        (status,) = autoscaler.sync(start + later_s)
+        assert status.metrics[IN_FLIGHT_METRIC] == 0.0 and (status.desired, pool.size) == (expected, expected)
+    (sample,) = pool.pod_samples(spec, time.monotonic())
+    replica = pool.replicas[0]
+    assert sample.started_at == replica.started_at < sample.ready_changed_at == replica.ready_at <= sample.window_start
+
+
 def test_replicas_are_published_as_endpointslices_and_drain_on_scale_down(pool: ReplicaPool) -> None:
     pool.scale_to(2)
     assert ready_names(pool) == ["edge-inference-1", "edge-inference-2"]

@@ -65,6 +65,40 @@ def test_random_split_matches_probability_and_repeats_with_seed() -> None:
         RandomSplit(1.5)
 
 
+@pytest.mark.parametrize("spec", ["random:0.5", "bandit:1"])   # bandit:1 explores on every frame
+def test_the_seed_reaches_the_random_builtins(spec: str) -> None:
+    def flips(seed: int | None) -> list[bool]:
+        policy = load_policy(spec, seed=seed)
+        return [policy.estimate_to_cloud(obs(frame_id=i)) for i in range(200)]
+    assert flips(1) == flips(1)                     # the same seed repeats
+    assert flips(1) != flips(2)                     # another seed flips other coins
+    assert flips(None) == flips(0)                  # no seed: seed 0, as before
+
+
+def test_user_classes_get_the_seed_when_they_take_one(tmp_path) -> None:
+    policy_file = tmp_path / "seeded.py"
+    policy_file.write_text(
+        "import random\n"
+        "class Coin:\n"
+        "    name = 'coin'\n"
+        "    def __init__(self, seed=123):\n"
+        "        self.seed = seed\n"
+        "        self._rng = random.Random(seed)\n"
+        "    def estimate_to_cloud(self, obs):\n"
+        "        return self._rng.random() < 0.5\n"
+        "    def feedback(self, record):\n"
+        "        pass\n"
+        "class Plain:\n"
+        "    name = 'plain'\n"
+        "    def estimate_to_cloud(self, obs):\n"
+        "        return False\n"
+        "    def feedback(self, record):\n"
+        "        pass\n")
+    assert load_policy(f"{policy_file}:Coin", seed=7).seed == 7       # type: ignore[attr-defined]
+    assert load_policy(f"{policy_file}:Coin").seed == 123             # type: ignore[attr-defined]
+    assert load_policy(f"{policy_file}:Plain", seed=7).name == "plain"   # no seed parameter: built as is
+
+
 def test_queue_threshold_offloads_at_k_per_replica() -> None:
     policy = QueueThreshold(3)
     assert not policy.estimate_to_cloud(obs(edge=SiteState(in_flight=5, replicas=2)))

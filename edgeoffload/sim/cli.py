@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.scenario)
     if args.seed is not None:
         scenario = scenario.with_seed(args.seed)
-    policy = load_policy(args.policy)
+    policy = load_policy(args.policy, seed=scenario.policy_seed)
     if args.records != "none" and args.out is None:
         raise ValueError("--records needs --out DIR")
     records = None if args.records == "none" else args.out / f"records.{args.records}"

@@ -37,11 +37,15 @@ class ScenarioError(ValueError):
         self.path = path
 
 
+def stream_seed(seed: int, name: str) -> int:
+    """The seed of the stream `name` under the scenario seed `seed` (64 bits)."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}/{name}".encode(), digest_size=8).digest(), "big")
+
+
 def stream(seed: int, name: str) -> random.Random:
     """An independent, reproducible random stream per purpose: adding a camera or a pool
     does not shift the draws of the others."""
-    digest = hashlib.blake2b(f"{seed}/{name}".encode(), digest_size=8).digest()
-    return random.Random(int.from_bytes(digest, "big"))
+    return random.Random(stream_seed(seed, name))
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,4 +194,4 @@ def load_profile(path: Path, where: str) -> Mapping[str, Any]:
     return data
 
 
-__all__ = ["Dist", "PROFILE_SCHEMA", "Sampler", "ScenarioError", "constant", "load_profile", "parse_dist", "stream"]
+__all__ = ["Dist", "PROFILE_SCHEMA", "Sampler", "ScenarioError", "constant", "load_profile", "parse_dist", "stream", "stream_seed"]

@@ -41,11 +41,23 @@ _frame_record = direct_constructor(FrameRecord)
 
 
 @dataclass(frozen=True, slots=True)
+class HpaSync:
+    """One reconcile of a pool's HPA: the replicas it read and the ones it set."""
+
+    t: float
+    pool: str
+    current: int        # the Deployment's replicas (ready or starting)
+    desired: int
+    ready: int
+
+
+@dataclass(frozen=True, slots=True)
 class SimResult:
     summary: Summary
     wall_s: float
     frames_simulated: int          # every frame, warm-up included
     records_path: Path | None = None
+    hpa_syncs: tuple[HpaSync, ...] = ()
 
     @property
     def frames_per_wall_s(self) -> float:
@@ -136,6 +148,7 @@ class Simulation:
         self._learn = policy.feedback
         self._policy_name = policy.name
         self.dispatchers: dict[str, Dispatcher] = {}
+        self.hpa_syncs: list[HpaSync] = []
         if scenario.dispatch is not None:
             spec = scenario.dispatch
             for site, pool, send in (("edge", self.edge, self._send_edge), ("cloud", self.cloud, self._send_cloud)):
@@ -366,11 +379,12 @@ class Simulation:
     # ------------------------------------------------------------------ slow processes
     def _autoscale(self, pool: Pool, controller: HPAController) -> Iterator[simpy.Event]:
         custom = [m.name for m in controller.spec.metrics if m.kind == "Pods"]
+        yield self.env.timeout(controller.spec.first_reconcile_s)
         while True:
-            yield self.env.timeout(controller.spec.sync_period_s)
             now = self.env.now
             current = pool.replicas
             desired = controller.step(now, current, pool.pod_samples(now, custom))
+            self.hpa_syncs.append(HpaSync(round(now, 6), pool.spec.name, current, desired, pool.ready))
             if desired > current:
                 for _ in range(desired - current):
                     pod = pool.add_pod(now)
@@ -378,6 +392,7 @@ class Simulation:
                     boot.callbacks.append(lambda _event, pod=pod: self._ready(pool, pod))
             elif desired < current:
                 pool.scale_down(current - desired, now)
+            yield self.env.timeout(controller.spec.sync_period_s)
 
     def _ready(self, pool: Pool, pod: Pod) -> None:
         """A pod passed its ready probe: it serves, and the preprocessor may send it frames."""
@@ -464,7 +479,7 @@ def run_scenario(scenario: Scenario | str | Path | Mapping[str, Any], policy: Po
     if not isinstance(scenario, Scenario):
         scenario = load_scenario(scenario)
     if isinstance(policy, str):
-        policy = load_policy(policy)
+        policy = load_policy(policy, seed=scenario.policy_seed)
     writer = RecordWriter(out) if out is not None else None
     started = time.perf_counter()
     simulation = Simulation(scenario, policy, writer, progress)
@@ -475,7 +490,7 @@ def run_scenario(scenario: Scenario | str | Path | Mapping[str, Any], policy: Po
             writer.close()
     wall = time.perf_counter() - started
     return SimResult(simulation.summary(), wall, simulation.frames_simulated,
-                     None if out is None else Path(out))
+                     None if out is None else Path(out), tuple(simulation.hpa_syncs))
 
 
-__all__ = ["SimResult", "Simulation", "run_scenario"]
+__all__ = ["HpaSync", "SimResult", "Simulation", "run_scenario"]

@@ -269,8 +269,9 @@ class Pool:
         cpu = busy worker-seconds per second since the previous scrape (x cores per worker);
         every Pods metric = frames in flight at the pod (queued + in service).
 
-        Like the HPA controller, a pod whose CPU sample does not yet cover a full metrics
-        window since it became ready counts as not ready (its CPU is not trusted)."""
+        Each sample carries the pod's start (creation), its readiness change and the start of a
+        metrics-server window (METRICS_WINDOW_S before now), from which the HPA decides whether
+        it trusts a CPU sample (groupPods: not from a pod ready for less than one window)."""
         samples = []
         names = tuple(custom_metrics)
         for pod in self.live_pods():
@@ -281,10 +282,11 @@ class Pool:
                 pod.scrape_busy, pod.scrape_at = busy, now
                 for name in names:
                     values[name] = self.in_flight(pod)
-            settled = pod.ready_at is not None and now - pod.ready_at >= METRICS_WINDOW_S
-            samples.append(PodSample(name=f"{self.spec.name}-{pod.pid}", ready=pod.ready and settled,
+            samples.append(PodSample(name=f"{self.spec.name}-{pod.pid}", ready=pod.ready,
                                      phase="Running" if pod.ready else "Pending", deleting=pod.terminating,
-                                     values=values, requests={"cpu": self.spec.cpu_request}))
+                                     values=values, requests={"cpu": self.spec.cpu_request},
+                                     started_at=pod.created, ready_changed_at=pod.ready_at,
+                                     window_start=now - METRICS_WINDOW_S))
         return samples
 
 

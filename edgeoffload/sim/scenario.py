@@ -24,8 +24,8 @@ from typing import Any, Literal, Mapping
 
 import yaml
 
-from edgeoffload.hpa import HPAError, HPASpec, find_hpa
-from edgeoffload.sim.distributions import Dist, ScenarioError, constant, load_profile, parse_dist
+from edgeoffload.hpa import CONTROLLER_SETTINGS, HPAError, HPASpec, find_hpa, kubernetes_release
+from edgeoffload.sim.distributions import Dist, ScenarioError, constant, load_profile, parse_dist, stream_seed
 from edgeoffload.estimate import DEFAULT_ALPHA, DEFAULT_PROBE_INTERVAL_S
 
 
@@ -129,6 +129,12 @@ class Scenario:
 
     def with_seed(self, seed: int) -> "Scenario":
         return dataclasses.replace(self, seed=seed)
+
+    @property
+    def policy_seed(self) -> int:
+        """The seed a policy built for this scenario gets (load_policy(spec, seed=...)): the
+        scenario seed's "policy" stream, independent of every other stream."""
+        return stream_seed(self.seed, "policy")
 
 
 # ------------------------------------------------------------------ validation helpers
@@ -409,26 +415,33 @@ def _content_factor(raw: Any, path: str, base_dir: Path) -> dict[str, float]:
 
 
 def _hpa(raw: Any, path: str, base_dir: Path) -> HPASpec | None:
-    """`hpa:` is either {manifest: FILE, name: NAME, sync_period_s} (an autoscaling/v2 file such
-    as autoscale.yml) or inline HPA spec fields (minReplicas, maxReplicas, metrics, behavior)."""
+    """`hpa:` is either {manifest: FILE, name: NAME} (an autoscaling/v2 file such as autoscale.yml)
+    or inline HPA spec fields (minReplicas, maxReplicas, metrics, behavior); next to either, the
+    controller's release (`kubernetes_version`) and settings (CONTROLLER_SETTINGS, upstream defaults)."""
     if raw is None:
         return None
     if not isinstance(raw, Mapping):
         raise ScenarioError(path, "must be a mapping")
-    settings = _Fields({k: v for k, v in raw.items() if k in ("sync_period_s", "tolerance")}, path,
-                       {"sync_period_s", "tolerance"})
-    sync, tolerance = settings.number("sync_period_s", 15.0, gt=0), settings.number("tolerance", 0.1, ge=0)
+    controller_keys = {"kubernetes_version", "first_sync_s", *CONTROLLER_SETTINGS}
+    settings = _Fields({k: v for k, v in raw.items() if k in controller_keys}, path, controller_keys)
+    controller: dict[str, Any] = {key: settings.number(key, gt=0) if key == "sync_period_s" else settings.number(key, ge=0)
+                                  for key in (*CONTROLLER_SETTINGS, "first_sync_s") if settings.raw.get(key) is not None}
+    if raw.get("kubernetes_version") is not None:
+        try:
+            controller["kubernetes_version"] = kubernetes_release(raw["kubernetes_version"])
+        except HPAError as exc:
+            raise ScenarioError(f"{path}.kubernetes_version", str(exc)) from None
     try:
         if "manifest" in raw:
-            unknown = sorted(set(raw) - {"manifest", "name", "sync_period_s", "tolerance"})
+            unknown = sorted(set(raw) - {"manifest", "name"} - controller_keys)
             if unknown:
-                raise ScenarioError(f"{path}.{unknown[0]}", "unknown key next to manifest (allowed: name, sync_period_s, tolerance)")
-            spec = find_hpa(base_dir / str(raw["manifest"]), raw.get("name"))
-            spec = dataclasses.replace(spec, sync_period_s=sync, tolerance=tolerance)
+                raise ScenarioError(f"{path}.{unknown[0]}", "unknown key next to manifest (allowed: name, "
+                                    + ", ".join(sorted(controller_keys)) + ")")
+            spec = find_hpa(base_dir / str(raw["manifest"]), raw.get("name"), **controller)
         else:
-            body = {k: v for k, v in raw.items() if k not in ("sync_period_s", "tolerance")}
+            body = {k: v for k, v in raw.items() if k not in controller_keys}
             spec = HPASpec.from_manifest({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
-                                          "spec": body}, sync_period_s=sync, tolerance=tolerance)
+                                          "spec": body}, **controller)
     except (HPAError, OSError) as exc:
         raise ScenarioError(path, str(exc)) from None
     for index, metric in enumerate(spec.metrics):

@@ -65,6 +65,7 @@ class PreprocessorConfig:
     # built-in name[:arg], module:attr or path/file.py:attr. Default min-latency (measurement
     # driven, routes around an unhealthy site); "alternate" reproduces the original demo.
     policy: str = "min-latency"
+    seed: int = 0                            # seeds a policy that draws random numbers (random:p, bandit)
     deadline_ms: float | None = 500.0        # per-frame target; None = no deadline
     drop_expired: bool = False               # drop frames whose deadline passed while queued
     jpeg_quality: int = 80
@@ -232,7 +233,7 @@ class Preprocessor:
 
     def __init__(self, config: PreprocessorConfig, policy: Policy | None = None) -> None:
         self.config = config
-        self.policy = policy or load_policy(config.policy)
+        self.policy = policy or load_policy(config.policy, seed=config.seed)
         self.preparer = FramePreparer(config.max_side, config.input_size, config.jpeg_quality, config.max_pixels)
         self.sources = [FrameSource(spec, self.ingest_image, self.ingest_bytes, config.source_fps, config.source_loop)
                         for spec in parse_sources(config.sources)]

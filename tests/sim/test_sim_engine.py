@@ -139,17 +139,45 @@ def test_hpa_scales_back_down_after_the_load_stops_as_the_window_allows(scenario
         built = scenario(duration_s=300, cameras=[{"name": "cam", "count": 8, "fps": 10, "stop_s": 100}],
                          cloud={"replicas": 1, "workers": 1, "service_ms": 25, "cold_start_s": 5, "hpa": hpa},
                          wan={"bandwidth_mbps": 1000})
-        summary = run_scenario(built, load_policy("cloud-only")).summary
-        assert summary.frames == 8 * 10 * 100
-        timeline = [(p.t, p.cloud_replicas) for p in summary.timeline]
-        assert max(r for t, r in timeline if t <= 100) >= 4
-        after = [r for t, r in timeline if t > 100]
+        result = run_scenario(built, load_policy("cloud-only"))
+        assert result.summary.frames == 8 * 10 * 100
+        syncs = [(sync.t, sync.desired) for sync in result.hpa_syncs]
+        assert [t for t, _ in syncs[:3]] == [0.0, 15.0, 30.0]   # 1.37: the first reconcile at once
+        assert max(r for t, r in syncs if t <= 100) >= 4
+        after = [r for t, r in syncs if t > 100]
         assert after == sorted(after, reverse=True) and after[-1] == 1
-        return next(t for t, r in timeline if t > 100 and r == 1), timeline
+        return next(t for t, r in syncs if t > 100 and r == 1), syncs
     immediate, _ = first_time_at_one(0)
     held, _ = first_time_at_one(60)
     assert immediate == 105          # the first sync after the last frame
     assert held >= immediate + 30    # the 60 s window keeps the recent higher recommendations
+
+
+@pytest.mark.parametrize("release, first_sync, cut_at", [("1.37", 0.0, 60.0), ("1.36", 15.0, 75.0)])
+def test_hpa_keeps_a_pool_that_starts_above_its_need_for_the_scale_down_window(scenario, release: str,
+                                                                                first_sync: float,
+                                                                                cut_at: float) -> None:
+    """The HPA's first reconcile records the starting 4 replicas (horizontal.go
+    recordInitialRecommendation), so the idle pool is cut only once that record is 60 s old. 1.37
+    reconciles a new HPA at once, 1.32-1.36 one sync period later (enqueueHPA), so the cut comes
+    at the sync at 60 s or at 75 s, never at the first one."""
+    hpa = {"minReplicas": 1, "maxReplicas": 6, "kubernetes_version": release,
+           "behavior": {"scaleDown": {"stabilizationWindowSeconds": 60}},
+           "metrics": [{"type": "Pods", "pods": {"metric": {"name": "in_flight"},
+                                                 "target": {"type": "AverageValue", "averageValue": "500m"}}}]}
+    built = scenario(duration_s=100, timeline_interval_s=5, cloud={"replicas": 4, "hpa": hpa})
+    syncs = run_scenario(built, load_policy("edge-only")).hpa_syncs
+    assert syncs[0].t == first_sync and syncs[0].desired == 4
+    assert all(sync.desired == 4 for sync in syncs if sync.t < cut_at)
+    assert next(sync for sync in syncs if sync.desired == 1).t == cut_at
+
+
+def test_a_simulation_can_take_a_testbeds_sync_phase(scenario) -> None:
+    hpa = {"minReplicas": 1, "maxReplicas": 2, "first_sync_s": 4.5, "sync_period_s": 5,
+           "metrics": [{"type": "Pods", "pods": {"metric": {"name": "in_flight"},
+                                                 "target": {"type": "AverageValue", "averageValue": "1"}}}]}
+    syncs = run_scenario(scenario(duration_s=20, cloud={"hpa": hpa}), load_policy("edge-only")).hpa_syncs
+    assert [sync.t for sync in syncs] == [4.5, 9.5, 14.5, 19.5]
 
 
 def test_hpa_from_a_manifest_file(tmp_path: Path, raw_small) -> None:
@@ -209,3 +237,17 @@ def test_example_scenario_runs() -> None:
     assert summary.frames == 10 * 10 * (300 - 30)
     assert summary.ok > 0.95 * summary.frames
     assert 0 < summary.cloud_share < 1
+
+
+@pytest.mark.parametrize("spec", ["random:0.5", "bandit:1"])   # bandit:1 flips a coin for every frame
+def test_the_scenario_seed_reaches_the_policy(scenario, tmp_path: Path, spec: str) -> None:
+    """One periodic camera: the frames' order does not depend on the seed, so the edge/cloud
+    sequence is the policy's own coin flips, which follow the scenario seed (Scenario.policy_seed)."""
+    def sites(seed: int) -> list[str]:
+        out = tmp_path / f"{seed}.csv"
+        run_scenario(scenario(seed=seed, cameras=[{"name": "cam", "fps": 10}]), spec, out=out)
+        return [r.site for r in sorted(read_records(out), key=lambda r: r.frame_id)]
+    first = sites(1)
+    assert len(first) == 200 and set(first) == {"edge", "cloud"}
+    assert sites(1) == first          # the same seed repeats every flip
+    assert sites(2) != first          # another seed flips other coins

@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 
+from edgeoffload.hpa import HPASpec, MetricTarget, MetricUnavailable, replicas_for_metric
 from edgeoffload.sim.pools import Frame, make_pool
 from edgeoffload.sim.scenario import PoolSpec
 
@@ -87,13 +88,17 @@ def test_pod_samples_report_busy_fraction_and_in_flight() -> None:
     sample, = h.pool.pod_samples(0.2, ["inflight"])
     # 0..0.1 two workers busy, 0.1..0.2 one: 0.3 worker-seconds in 0.2 s at 0.5 cores each
     assert sample.values["cpu"] == pytest.approx(0.75) and sample.values["inflight"] == 1.0
-    assert sample.phase == "Running" and sample.requests == {"cpu": 1.0}
-    assert not sample.ready                    # its CPU sample does not cover a metrics window yet
+    assert sample.phase == "Running" and sample.requests == {"cpu": 1.0} and sample.ready
+    assert (sample.started_at, sample.ready_changed_at, sample.window_start) == (0.0, 0.0, pytest.approx(0.2 - 15))
+    cpu = MetricTarget("Resource", "cpu", "Utilization", 50)
+    with pytest.raises(MetricUnavailable):     # the HPA distrusts it: its window began before the pod was ready
+        replicas_for_metric(HPASpec(metrics=(cpu,)), cpu, 1, [sample], now=0.2)
     h.run_until(1.0)
     h.send(3, 5.0)
     h.run_until(6.0)
     later, = h.pool.pod_samples(15.2, ["inflight"])
     assert later.ready and later.values["cpu"] == pytest.approx(0.1 * 0.5 / 15.0)   # 0.1 worker-s since 0.2 s
+    assert replicas_for_metric(HPASpec(metrics=(cpu,)), cpu, 1, [later], now=15.2) == 0   # trusted: 0 % of 50 %
 
 
 @pytest.mark.parametrize("on_shared_cpu", [False, True])

@@ -31,6 +31,10 @@ from conftest import SCENARIOS, merged
         "name": "memory", "target": {"type": "AverageValue", "averageValue": "1Gi"}}}]}}},
      r"^cloud\.hpa\.metrics\[0\]: resource 'memory' is not modelled"),
     ({"cloud": {"hpa": {"minReplicas": 2}}}, r"^cloud\.hpa: spec\.maxReplicas is required"),
+    ({"cloud": {"hpa": {"maxReplicas": 3, "kubernetes_version": "1.20"}}}, r"^cloud\.hpa\.kubernetes_version: .*1\.20"),
+    ({"cloud": {"hpa": {"maxReplicas": 3, "tolerance": -0.1}}}, r"^cloud\.hpa\.tolerance: must be >= 0"),
+    ({"cloud": {"hpa": {"maxReplicas": 3, "kubernetes_version": "1.32", "behavior": {"scaleUp": {"tolerance": 0.2}}}}},
+     r"^cloud\.hpa: spec\.behavior\.scaleUp\.tolerance: not in Kubernetes 1\.32"),
     ({"wan": {"bandwidth_mbps": 0}}, r"^wan\.bandwidth_mbps: must be > 0"),
     ({"wan": {"trace": "missing.csv"}}, r"^wan\.trace: cannot read"),
     ({"observer": {"ewma_alpha": 2}}, r"^observer\.ewma_alpha: must be <= 1"),
@@ -103,3 +107,19 @@ def test_example_scenarios_load() -> None:
     assert files
     for path in files:
         assert load_scenario(path).duration_s > 0
+
+
+def test_hpa_controller_settings_next_to_a_manifest_or_inline(raw_small) -> None:
+    """`kubernetes_version` and the controller's flags sit next to the HPA; omitted, upstream's defaults."""
+    raw_small["cloud"]["hpa"] = {"manifest": "../../autoscale.yml", "name": "cloud-inference", "kubernetes_version": "1.34",
+                                 "sync_period_s": 30, "tolerance": 0.05, "downscale_stabilization_s": 120,
+                                 "cpu_initialization_period_s": 60, "initial_readiness_delay_s": 10}
+    hpa = load_scenario(raw_small, base_dir=SCENARIOS).cloud.hpa
+    assert hpa is not None and hpa.behavior is not None and hpa.name == "cloud-inference"
+    assert (hpa.kubernetes_version, hpa.sync_period_s, hpa.tolerance, hpa.downscale_stabilization_s,
+            hpa.cpu_initialization_period_s, hpa.initial_readiness_delay_s) == ("1.34", 30, 0.05, 120, 60, 10)
+    raw_small["cloud"]["hpa"] = {"maxReplicas": 4}
+    inline = load_scenario(raw_small).cloud.hpa
+    assert inline is not None and inline.behavior is None       # no behavior: the controller's legacy path
+    assert (inline.kubernetes_version, inline.sync_period_s, inline.tolerance, inline.downscale_stabilization_s) == \
+        ("1.37", 15.0, 0.1, 300.0)

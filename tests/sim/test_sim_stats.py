@@ -50,6 +50,8 @@ def test_summary_is_json_and_a_table(scenario) -> None:
     (SiteState, (3, 2, 0.05, 0.02, 1e7, False)),
     (Observation, (1.5, "cam", 7, 1234, 0.2, SiteState(), SiteState(1, 1, 0.1, 0.0, 5.0, True))),
     (FrameRecord, ("cam", 7, 1.5, "cloud", "ok", "", "p", "m", (), 10, 1.0, 2.0, 3.0, 6.0, True, "cloud-3")),
+    (FrameRecord, ("cam", 7, 1.5, "cloud", "ok", "", "p", "m", (), 10, 1.0, 2.0, 3.0, 6.0, True)),
+    (FrameRecord, ("cam", 7, 1.5, "none", "dropped")),   # defaults, a default_factory among them
 ])
 def test_direct_constructor_builds_equal_objects(cls, args) -> None:
     built = direct_constructor(cls)(*args)

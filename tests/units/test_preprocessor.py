@@ -161,6 +161,19 @@ def test_frame_preparer_resizes_and_maps_boxes_back() -> None:
     assert small.to_original((1, 2, 3, 4)) == (1, 2, 3, 4)
 
 
+def test_pre_seed_seeds_the_policy(running) -> None:
+    """PRE_SEED reaches a random policy: the same seed repeats its coin flips, another flips others."""
+    from edgeoffload.policy import Observation, SiteState
+
+    observation = Observation(0.0, "cam", 0, 1000, None, SiteState(), SiteState())
+
+    def flips(seed: int) -> list[bool]:
+        policy = running(policy="random:0.5", seed=seed).service.policy
+        return [policy.estimate_to_cloud(observation) for _ in range(100)]
+    assert load_config(PreprocessorConfig, "PRE_", env={"PRE_SEED": "5"}).seed == 5
+    assert flips(5) == flips(5) != flips(6)
+
+
 def test_example_policy_file_loads_and_decides() -> None:
     policy = load_policy(str(REPO / "EdgePreprocessorUnit" / "policy.py") + ":estimate_to_cloud")
     assert policy.name == "estimate_to_cloud"
