@@ -206,9 +206,8 @@ def pod_samples(sync: Sync) -> list[PodSample]:
 
 
 def hpa_spec(case: Case, controller: Mapping[str, Any]) -> HPASpec:
-    """The case's HPA for edgeoffload.hpa, with the controller's settings this version models."""
-    modelled = {k: v for k, v in controller.items() if k in HPASpec.__dataclass_fields__}
-    return HPASpec.from_manifest(case.manifest("ns", "target"), **modelled)
+    """The case's HPA for edgeoffload.hpa, run with the controller's release and flags."""
+    return HPASpec.from_manifest(case.manifest("ns", "target"), **controller)
 
 
 BOUNDARY_S = 0.05   # how far the test's clock may be from the controller's, at one sync

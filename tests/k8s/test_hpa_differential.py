@@ -26,8 +26,6 @@ from hpacases import (CPU_REQUEST_M, SYNCS, Case, Difference, PodView, Sync, aut
                       save_recording)
 from metricsapi import MetricsServer, api_service_objects, serving_hosts
 
-from edgeoffload.hpa import HPASpec
-
 HPA_CASES = int(os.environ.get("EDGEOFFLOAD_K8S_HPA_CASES", "40"))
 BATCH = int(os.environ.get("EDGEOFFLOAD_K8S_HPA_BATCH", "12"))
 CASES = autoscale_cases() + [generated_case(seed) for seed in range(HPA_CASES)]
@@ -36,10 +34,6 @@ CONTROLLER = {"kubernetes_version": "1.37", "sync_period_s": HPA_SYNC_PERIOD_S, 
               "downscale_stabilization_s": DOWNSCALE_STABILIZATION_S}
 NEW_SYNC_AFTER_S = 0.5   # requests for one HPA closer than this belong to one sync
 HPA_USER = "system:serviceaccount:kube-system:horizontal-pod-autoscaler"
-# edgeoffload.hpa as it was before issue 13's fix (first reconcile's recommendation, the legacy
-# path without behavior, the controller's downscale-stabilization flag): it differs from the
-# real controller in those rules, so a difference there is an expected failure, not a pass.
-BEFORE_ISSUE_13 = "kubernetes_version" not in HPASpec.__dataclass_fields__
 
 
 @dataclass
@@ -188,8 +182,6 @@ def test_edgeoffload_hpa_sets_the_replicas_the_real_controller_sets(differences:
                                                                    case: Case) -> None:
     assert case.id in differences, f"{case.id}: not run"
     real = [str(d) for d in differences[case.id] if not d.boundary]
-    if real and BEFORE_ISSUE_13:
-        pytest.xfail(f"edgeoffload.hpa before issue 13's fix: {real[0]}")
     assert not real, real
 
 
