@@ -519,7 +519,9 @@ def run_validation(setup: ValidationSetup, out_dir: str | Path,
             (out / "observer_start.json").write_text(json.dumps(observer, indent=1) + "\n", encoding="utf-8")
             # The evaluated replay starts with the starting replicas and HPAs that remember nothing
             # of the calibration, as the simulation does.
-            autoscaler = testbed.restart_autoscaler() if setup.autoscale else None
+            # Its first reconcile comes one sync period later, inside the replay, where the
+            # simulation's first reconcile is put too (first_sync_in_trace).
+            autoscaler = testbed.restart_autoscaler(first_sync_s=setup.sync_period_s) if setup.autoscale else None
             progress(f"replaying {len(trace)} frames over {trace.duration_s:.0f}s")
             with ReplicaSampler(testbed, setup.sample_interval_s) as sampler:
                 result = replay_process(trace_csv, testbed, out / "real_records.csv", setup.drain_timeout_s,
