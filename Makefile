@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-deps demo test bench clean
+.PHONY: install system-deps demo test k8s-build k8s-test bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,16 @@ demo: install system-deps
 
 test: install system-deps
 	$(PY) -m pytest -q
+
+# The real control plane (etcd, kube-apiserver, kube-controller-manager, kwok) from pinned Go
+# modules, cached (k8s/build.sh --dir); then the tests against it (tests/k8s, marker k8s).
+# A failed build still runs pytest, whose skips then say why.
+k8s-build:
+	bash k8s/build.sh
+
+k8s-test: install
+	@bash k8s/build.sh || echo "k8s/build.sh failed: the Kubernetes tests will be skipped (reason above)"
+	$(PY) -m pytest -q -m k8s tests/k8s
 
 bench: install system-deps
 	$(PY) benchmarks/run_all.py

@@ -344,7 +344,8 @@ def compare_syncs(real: Sequence[SyncPoint], simulated: Sequence[SyncPoint], per
     """Each testbed sync against the simulator's sync nearest in time (same pool; its
     `desired`, or the replicas then in force when none is within half a period), and each
     testbed scale event against a simulated one of the same pool and direction at most one
-    sync period away (matched one to one, in time order)."""
+    sync away (matched one to one, in time order). Both run on a grid of `period_s`, the
+    testbed's off by milliseconds, so "one sync away" is |dt| <= 1.5 periods."""
     within, largest, worst = 0, 0, None
     for point in real:
         gap = abs(point.desired - _replicas_at(simulated, point.pool, point.t, period_s))
@@ -355,7 +356,7 @@ def compare_syncs(real: Sequence[SyncPoint], simulated: Sequence[SyncPoint], per
     matched, missed = [], []
     for event in scale_events(real):
         candidates = [e for e in sim_events if e.pool == event.pool and e.direction == event.direction
-                      and abs(e.t - event.t) <= period_s + 1e-6]
+                      and abs(e.t - event.t) <= 1.5 * period_s]
         if candidates:
             chosen = min(candidates, key=lambda e: abs(e.t - event.t))
             sim_events.remove(chosen)

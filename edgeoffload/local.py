@@ -264,20 +264,23 @@ class Testbed:
         self._status_publisher.publish_status(status_message(self.pools, [
             ScaleStatus(site, pool.size, pool.size, "initial", {}) for site, pool in self.pools.items()]))
 
-    def _new_autoscaler(self) -> LocalAutoscaler:
+    def _new_autoscaler(self, first_sync_s: float | None = None) -> LocalAutoscaler:
         assert self._status_publisher is not None
-        pools = {site: (self.pools[site], hpa_for(self.options, site)) for site in SITES}
+        pools = {site: (self.pools[site], dataclasses.replace(hpa_for(self.options, site), first_sync_s=first_sync_s))
+                 for site in SITES}
         return LocalAutoscaler(pools, publish=self._status_publisher.publish_status)
 
-    def restart_autoscaler(self) -> LocalAutoscaler:
+    def restart_autoscaler(self, first_sync_s: float | None = None) -> LocalAutoscaler:
         """A fresh start for an experiment: stop the autoscaler, bring each pool back to its
-        starting replicas (waiting until they are ready), and start a new autoscaler, whose HPA
-        controllers remember nothing (as HPAs created now would). Its first reconcile follows."""
+        starting replicas (waiting until they are ready), forget the metrics measured so far, and
+        start a new autoscaler whose HPA controllers remember nothing, as HPAs created now would.
+        It first reconciles after `first_sync_s` (None: as the release does)."""
         if self.autoscaler is not None:
             self.autoscaler.stop()
         for site, pool in self.pools.items():
             pool.scale_to(starting_replicas(self.options, site))
-        self.autoscaler = self._new_autoscaler().start()
+            pool.reset_windows()
+        self.autoscaler = self._new_autoscaler(first_sync_s).start()
         return self.autoscaler
 
     @property

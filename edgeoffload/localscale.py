@@ -3,9 +3,10 @@
 `edgeoffload up` has no cluster, so each inference "Deployment" is a ReplicaPool of
 gunicorn unit processes behind a TcpRelay (the "Service"). Every sync period the
 autoscaler feeds the HPA controller per-replica samples, exactly as metrics-server and a
-Prometheus adapter would: CPU cores used (from /proc, against a per-replica CPU request)
-and the in-flight gauge scraped from each replica's /metrics, averaged over the period
-(like `avg_over_time`), then starts or stops replicas and publishes the replica counts
+Prometheus adapter would: CPU cores used since the last sync (from /proc, against a
+per-replica CPU request) and the in-flight gauge scraped from each replica's /metrics at
+every sync and averaged over the last minute (`avg_over_time(...[1m])`,
+edgeoffload.podmetrics), then starts or stops replicas and publishes the replica counts
 retained on `edgeoffload/status/autoscaler`.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edgeoffload.endpointslices import Endpoint, EndpointSliceStore
 from edgeoffload.hpa import HPAController, HPAError, HPASpec, MetricTarget, PodSample
+from edgeoffload.podmetrics import ScrapedSeries
 from edgeoffload.relay import TcpRelay, Wan
 from edgeoffload.serve import UnitProcess, start_unit
 
@@ -76,14 +78,14 @@ def process_tree_cpu_seconds(pid: int) -> float:
 
 @dataclass
 class ReplicaWindow:
-    """Samples of one replica since the last sync: in-flight readings and a CPU-time baseline."""
+    """One replica's metrics: its scraped in-flight gauge (averaged as prometheus-adapter does)
+    and the CPU-time baseline of the window since the last sync (as metrics-server reports)."""
 
-    in_flight: list[float] = field(default_factory=list)
+    in_flight: ScrapedSeries = field(default_factory=ScrapedSeries)
     cpu_start_s: float = 0.0
     wall_start: float = 0.0
 
     def reset(self, cpu_s: float, now: float) -> None:
-        self.in_flight.clear()
         self.cpu_start_s, self.wall_start = cpu_s, now
 
 
@@ -289,16 +291,26 @@ class ReplicaPool:
                 self._publish(replica, ready=False)
                 self._retire(replica, 0.0)
 
-    def sample(self) -> None:
-        """Take one in-flight reading per replica (called several times per sync period)."""
+    def sample(self, now: float | None = None) -> None:
+        """Scrape each replica's in-flight gauge once (as Prometheus does, at every sync), stamped
+        `now` (default: the monotonic clock), the clock the autoscaler's syncs run on."""
         with self._lock:
             replicas = list(self.replicas)
         for replica in replicas:
             value = scrape_in_flight(replica.unit.url)
+            stamp = time.monotonic() if now is None else now
             with self._lock:
                 window = self.windows.get(replica.pid)
                 if window is not None and value is not None:
-                    window.in_flight.append(value)
+                    window.in_flight.add(stamp, value)
+
+    def reset_windows(self) -> None:
+        """Start every replica's metric window afresh (nothing measured before now counts)."""
+        now = time.monotonic()
+        with self._lock:
+            for replica in self.replicas:
+                self.windows[replica.pid] = ReplicaWindow(cpu_start_s=process_tree_cpu_seconds(replica.pid),
+                                                          wall_start=now)
 
     def pids(self) -> list[int]:
         with self._lock:
@@ -324,8 +336,8 @@ class ReplicaPool:
                 for metric in spec.metrics:
                     if metric.kind == "Resource" and elapsed > 0:
                         values["cpu"] = max(0.0, cpu_now - window.cpu_start_s) / elapsed
-                    elif metric.kind == "Pods" and window.in_flight:
-                        values[metric.name] = sum(window.in_flight) / len(window.in_flight)
+                    elif metric.kind == "Pods" and (average := window.in_flight.average(now)) is not None:
+                        values[metric.name] = average
                 window.reset(cpu_now, now)
             samples.append(PodSample(name=replica.name, ready=alive, phase="Running" if alive else "Failed",
                                      values=values, requests={"cpu": self.cpu_request}, started_at=replica.started_at,
@@ -380,13 +392,12 @@ class LocalAutoscaler:
     """Runs HPAController.step for each pool every sync period, in a background thread."""
 
     def __init__(self, pools: Mapping[str, tuple[ReplicaPool, HPASpec]],
-                 publish: Callable[[dict], object] | None = None, samples_per_sync: int = 5) -> None:
+                 publish: Callable[[dict], object] | None = None) -> None:
         for _, spec in pools.values():
             check_servable(spec)
         self.pools = dict(pools)
         self.controllers = {name: HPAController(spec) for name, (_, spec) in self.pools.items()}
         self.publish = publish
-        self.samples_per_sync = max(1, samples_per_sync)
         self.history: list[ScaleStatus] = []
         self.started_at = self.started_wall = 0.0   # monotonic and wall clock at start(): the sync grid
         self._stop = threading.Event()
@@ -406,6 +417,7 @@ class LocalAutoscaler:
         """One reconcile of every pool (public so tests can drive it without waiting)."""
         statuses = []
         for name, (pool, spec) in self.pools.items():
+            pool.sample(now)   # Prometheus's scrape (edgeoffload.podmetrics)
             pods = pool.pod_samples(spec, now)
             ready, current = pool.size, pool.desired
             desired = self.controllers[name].step(now, current, pods)
@@ -423,25 +435,18 @@ class LocalAutoscaler:
         return statuses
 
     def _loop(self) -> None:
-        """Reconcile on a fixed grid (first at the HPAs' first_reconcile_s, then every sync
-        period, as the controller requeues each HPA), scraping `samples_per_sync` times between."""
+        """Reconcile on a fixed grid: first at the HPAs' first_reconcile_s, then every sync
+        period (the controller requeues each HPA one period after its reconcile)."""
         specs = [spec for _, spec in self.pools.values()]
         period = min((spec.sync_period_s for spec in specs), default=15.0)
         next_sync = self.started_at + min((spec.first_reconcile_s for spec in specs), default=period)
-        while not self._stop.is_set():
-            now = time.monotonic()
-            if now >= next_sync:
-                try:
-                    self.sync(now)
-                except Exception:  # a failed scale-up must not end autoscaling for the rest of the run
-                    log.exception("autoscaler sync failed")
-                while next_sync <= time.monotonic():
-                    next_sync += period
-                continue
-            for pool, _spec in self.pools.values():
-                pool.sample()
-            if self._stop.wait(max(0.0, min(period / self.samples_per_sync, next_sync - time.monotonic()))):
-                return
+        while not self._stop.wait(max(0.0, next_sync - time.monotonic())):
+            try:
+                self.sync(time.monotonic())
+            except Exception:  # a failed scale-up must not end autoscaling for the rest of the run
+                log.exception("autoscaler sync failed")
+            while next_sync <= time.monotonic():
+                next_sync += period
 
 
 __all__ = ["LocalAutoscaler", "LocalReplica", "ReplicaPool", "ScaleStatus", "status_message", "check_servable",

@@ -80,6 +80,7 @@ class RequestSample:
     round_trip_ms: float
     inference_ms: float
     queue_ms: float
+    cpu_ms: float = 0.0     # the unit's CPU time for it (decode + model): how CPU-bound its work is
 
     @property
     def overhead_ms(self) -> float:
@@ -147,6 +148,9 @@ class Profile:
                     "overhead_ms": _rounded(s.overhead_ms for s in measured.plain),
                     "queue_ms": _rounded(s.queue_ms for s in measured.plain), "model": measured.model,
                     "url": measured.url}
+            if (busy := sum(s.inference_ms for s in measured.plain)) > 0 and any(s.cpu_ms for s in measured.plain):
+                # cores a busy detector uses: 1 for a CPU-bound model, less for one that waits
+                data["cpu_per_worker"] = round(min(1.0, sum(s.cpu_ms for s in measured.plain) / busy), 4)
             if self.loaded is not None:
                 samples = getattr(self.loaded, name)
                 data.update(idle_service_ms=_rounded(idle),
@@ -273,9 +277,10 @@ def timed_infer(session: requests.Session, url: str, payload: bytes, timeout_s: 
         body = response.json()
         inference_ms = float(body["inference_ms"])
         queue_ms = float(body.get("queue_ms", 0.0) or 0.0)
+        cpu_ms = float(body.get("cpu_ms", 0.0) or 0.0)
     except (ValueError, KeyError, TypeError) as exc:
         raise ProfileError(f"{url}/infer: unexpected answer {response.text[:200]!r} ({exc})") from None
-    return RequestSample(len(payload), round_trip_ms, inference_ms, queue_ms), str(body.get("model", ""))
+    return RequestSample(len(payload), round_trip_ms, inference_ms, queue_ms, cpu_ms), str(body.get("model", ""))
 
 
 def measure_site(url: str, payloads: Sequence[bytes], pad_bytes: int, warmup: int = 2,

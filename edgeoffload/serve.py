@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 UNITS: dict[str, str] = {
     "inference": "edgeoffload.units.inference:create_app()",
@@ -55,6 +55,18 @@ def exec_unit(unit: str) -> None:
     os.execv(command[0], command)
 
 
+def stop_process_group(process: subprocess.Popen, timeout: float) -> int:
+    """SIGTERM a child started in its own session (its process group), SIGKILL it after `timeout`."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    return process.returncode
+
+
 @dataclass
 class UnitProcess:
     """A unit served by gunicorn in a child process; stop() ends the whole process group."""
@@ -66,14 +78,7 @@ class UnitProcess:
     metrics_dir: str = field(default="")
 
     def stop(self, timeout: float = 15.0) -> int:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        return self.process.returncode
+        return stop_process_group(self.process, timeout)
 
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
@@ -88,8 +93,11 @@ class UnitProcess:
 def start_unit(unit: str, env: Mapping[str, str] | None = None, port: int | None = None,
                host: str = "127.0.0.1", workers: int = 1, threads: int = 4,
                ready_timeout: float = 90.0, wait_ready: bool = True,
-               log_dir: str | Path | None = None) -> UnitProcess:
-    """Start `unit` under gunicorn on host:port and (by default) wait until it reports ready."""
+               log_dir: str | Path | None = None, command_prefix: Sequence[str] = ()) -> UnitProcess:
+    """Start `unit` under gunicorn on host:port and (by default) wait until it reports ready.
+
+    `command_prefix` runs gunicorn through another command, e.g. `ip netns exec NAME` to serve
+    on an address of a network namespace (the k8s tests' pod IPs)."""
     port = port or free_port(host)
     log_dir = Path(log_dir or tempfile.mkdtemp(prefix="edgeoffload-logs-"))
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -98,7 +106,7 @@ def start_unit(unit: str, env: Mapping[str, str] | None = None, port: int | None
     child_env = {**os.environ, **(env or {}), "BIND": f"{host}:{port}", "WORKERS": str(workers),
                  "THREADS": str(threads), "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
     with log_path.open("ab") as log:
-        process = subprocess.Popen(gunicorn_command(unit), env=child_env, stdout=log,
+        process = subprocess.Popen([*command_prefix, *gunicorn_command(unit)], env=child_env, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     running = UnitProcess(unit, f"http://{host}:{port}", process, log_path, metrics_dir)
     if wait_ready:

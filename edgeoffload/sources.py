@@ -34,7 +34,7 @@ BytesSink = Callable[[str, bytes], None]
 
 def valid_camera(camera: str) -> bool:
     """Camera ids become MQTT topic levels and metric-free labels: 1-64 of [A-Za-z0-9_.-]."""
-    return bool(CAMERA_ID.match(camera))
+    return bool(CAMERA_ID.fullmatch(camera))   # match() would let "cam\n" through ($ before a final \n)
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,8 +67,8 @@ MODEL_DIFFERENCES: tuple[str, ...] = (
     "is not a stage of the simulator",
     "the preprocessor learns a replica's readiness through a watch of its EndpointSlice (about 0.1 s "
     "after its ready probe); the simulated preprocessor knows at once",
-    "the HPA's Pods metric is averaged over 5 scrapes per sync on the testbed, read once per sync "
-    "in the simulator",
+    "the testbed scrapes its replicas' in-flight gauges over HTTP at each sync, a few milliseconds apart; "
+    "the simulator reads them at the sync instant (both average the last minute's scrapes)",
     "every testbed process shares this machine's CPUs, so service times under load are longer than the "
     "sequential profile (and a second replica adds no cores); the simulator models the two sites slowing "
     "each other (shared_cpu, processor sharing, speed measured on the calibration replay) but not the other "
@@ -346,6 +346,8 @@ def simulated_scenario(setup: ValidationSetup, trace_csv: Path, profile_json: Pa
                 **({"content_factor": {"file": str(profile_json.resolve()), "key": "content_factor"}}
                    if profile_data.get("content_factor") else {}),
                 "cold_start_s": {"dist": "constant", "value": round(cold_start_s, 3)},
+                # the CPU a busy detector uses (the HPA's CPU metric, the shared CPU's demand), as profiled
+                "cpu_per_worker": profile_data.get(site, {}).get("cpu_per_worker", 1.0),
                 "model": f"{site}/{site_options.kind}"}
 
     raw = {"name": "sim-vs-real", "duration_s": duration_s, "warmup_s": setup.warmup_s, "seed": seed,
@@ -519,7 +521,9 @@ def run_validation(setup: ValidationSetup, out_dir: str | Path,
             (out / "observer_start.json").write_text(json.dumps(observer, indent=1) + "\n", encoding="utf-8")
             # The evaluated replay starts with the starting replicas and HPAs that remember nothing
             # of the calibration, as the simulation does.
-            autoscaler = testbed.restart_autoscaler() if setup.autoscale else None
+            # Its first reconcile comes one sync period later, inside the replay, where the
+            # simulation's first reconcile is put too (first_sync_in_trace).
+            autoscaler = testbed.restart_autoscaler(first_sync_s=setup.sync_period_s) if setup.autoscale else None
             progress(f"replaying {len(trace)} frames over {trace.duration_s:.0f}s")
             with ReplicaSampler(testbed, setup.sample_interval_s) as sampler:
                 result = replay_process(trace_csv, testbed, out / "real_records.csv", setup.drain_timeout_s,

@@ -166,10 +166,13 @@ def test_syncs_compare_replicas_within_one_and_events_within_a_period() -> None:
              SyncPoint(45.5, "edge", 3, 3), SyncPoint(60.5, "edge", 3, 2), SyncPoint(15.5, "cloud", 2, 2)]
     result = compare_syncs(real, close, period_s=15)
     assert (result.syncs, result.within_one, result.largest_gap) == (5, 5, 1) and result.replicas_within_one
-    # up 1->3 at 15.4 matches up 1->2 at 15.5; the down at 45.4 has none within 15 s (60.5 is 15.1 s later)
-    assert [(r.t, s.t) for r, s in result.matched] == [(15.4, 15.5)]
-    assert [e.t for e in result.missed] == [45.4] and [e.t for e in result.extra] == [30.5, 60.5]
+    # up 1->3 at 15.4 matches up 1->2 at 15.5; the down at 45.4 matches the one a sync later (60.5);
+    # the simulator's second step up (30.5) has no counterpart
+    assert [(r.t, s.t) for r, s in result.matched] == [(15.4, 15.5), (45.4, 60.5)]
+    assert result.missed == [] and [e.t for e in result.extra] == [30.5]
     assert not result.events_within_a_period
+    late = compare_syncs(real, [SyncPoint(45.5, "edge", 1, 3), SyncPoint(75.5, "edge", 3, 2)], period_s=15)
+    assert [e.t for e in late.missed] == [15.4, 45.4]            # two syncs (30 s) late is too late
     far = compare_syncs(real, [SyncPoint(15.5, "edge", 1, 4)], period_s=15)   # 4 in force from 15.5 on
     assert (far.within_one, far.largest_gap, far.worst) == (3, 2, real[3]) and not far.replicas_within_one
     assert [e.direction for e in scale_events(real)] == ["up", "down"]

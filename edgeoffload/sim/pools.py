@@ -20,6 +20,7 @@ from collections import deque
 from typing import Callable, Iterable, Iterator
 
 from edgeoffload.hpa import PodSample
+from edgeoffload.podmetrics import ScrapedSeries
 from edgeoffload.sim.distributions import Sampler
 from edgeoffload.sim.scenario import PoolSpec
 
@@ -53,13 +54,15 @@ class Pod:
     """One replica. Busy time is integrated exactly (worker-seconds) for CPU metrics and energy."""
 
     __slots__ = ("pid", "name", "workers", "created", "ready_at", "ready", "terminating", "gone_at", "idle", "busy",
-                 "queue", "in_system", "_busy_acc", "_busy_mark", "scrape_busy", "scrape_at", "sent", "last_pick")
+                 "queue", "in_system", "_busy_acc", "_busy_mark", "scrape_busy", "scrape_at", "sent", "last_pick",
+                 "in_flight_series")
 
     def __init__(self, pid: int, workers: int, created: float, name: str = "") -> None:
         self.pid = pid
         self.name = name                 # as records name the replica
         self.sent = 0                    # requests the preprocessor has outstanding here (dispatch model)
         self.last_pick = 0
+        self.in_flight_series = ScrapedSeries()   # its in-flight gauge as Prometheus scraped it
         self.workers = workers
         self.created = created
         self.ready_at: float | None = None
@@ -267,7 +270,8 @@ class Pool:
     def pod_samples(self, now: float, custom_metrics: Iterable[str]) -> list[PodSample]:
         """What metrics-server and the custom-metrics adapter report for each live pod:
         cpu = busy worker-seconds per second since the previous scrape (x cores per worker);
-        every Pods metric = frames in flight at the pod (queued + in service).
+        every Pods metric = frames in flight at the pod (queued + in service), scraped now and
+        averaged over the adapter's window (edgeoffload.podmetrics).
 
         Each sample carries the pod's start (creation), its readiness change and the start of a
         metrics-server window (METRICS_WINDOW_S before now), from which the HPA decides whether
@@ -280,9 +284,12 @@ class Pool:
                 busy = pod.busy_seconds(now)
                 values["cpu"] = (busy - pod.scrape_busy) / (now - pod.scrape_at) * self.spec.cpu_per_worker
                 pod.scrape_busy, pod.scrape_at = busy, now
-                for name in names:
-                    values[name] = self.in_flight(pod)
-            samples.append(PodSample(name=f"{self.spec.name}-{pod.pid}", ready=pod.ready,
+                if names:
+                    pod.in_flight_series.add(now, self.in_flight(pod))
+                    average = pod.in_flight_series.average(now)
+                    for name in names:
+                        values[name] = average
+            samples.append(PodSample(name=pod.name, ready=pod.ready,
                                      phase="Running" if pod.ready else "Pending", deleting=pod.terminating,
                                      values=values, requests={"cpu": self.spec.cpu_request},
                                      started_at=pod.created, ready_changed_at=pod.ready_at,

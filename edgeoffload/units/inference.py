@@ -3,7 +3,7 @@
 Routes (KServe-v2-style health):
   POST /infer            JPEG/PNG body, Content-Type image/* ->
                          {"model", "detections": [{"label", "score", "box": [x, y, w, h]}], "inference_ms",
-                          "queue_ms", "replica"}
+                          "queue_ms", "cpu_ms" (this request's CPU time: decode + model), "replica"}
   GET  /v2/health/live   200 while the process is usable (503 if the model failed to load)
   GET  /v2/health/ready  200 once the model is loaded and has run once (warm-up), else 503
   GET  /metrics          Prometheus text format
@@ -182,7 +182,7 @@ def create_app(config: InferenceConfig | None = None) -> Flask:
         in_flight.inc()
         try:
             body = read_body(config.max_body_bytes)  # the upload is network time, not queueing
-            admitted = time.perf_counter()
+            admitted, cpu_started = time.perf_counter(), time.thread_time()
             image = decode(body, config.max_pixels)
             with holder.pool.borrow() as detector:
                 started = time.perf_counter()
@@ -195,7 +195,7 @@ def create_app(config: InferenceConfig | None = None) -> Flask:
             # (decode, waiting for a model instance), so the caller can split its round trip.
             return jsonify(model=f"{site}/{holder.pool.name}", detections=[d.to_dict() for d in detections],
                            inference_ms=round(elapsed * 1000.0, 3), queue_ms=round((started - admitted) * 1000.0, 3),
-                           replica=replica)
+                           cpu_ms=round((time.thread_time() - cpu_started) * 1000.0, 3), replica=replica)
         except FrameError as exc:
             return error(400, str(exc), "bad_image")
         finally:

@@ -36,7 +36,8 @@ def astronaut_jpeg() -> bytes:
 def haar_server():
     """Haar faces (real and fast), one request admitted at a time, 1 MiB body limit."""
     unit = start_unit("inference", env={"INFER_KIND": "haar-face", "INFER_QUEUE_BOUND": "1",
-                                        "INFER_MAX_BODY_BYTES": str(MAX_BODY)}, workers=1, threads=4)
+                                        "INFER_MAX_BODY_BYTES": str(MAX_BODY), "INFER_REPLICA_NAME": "haar-unit-1"},
+                      workers=1, threads=4)
     yield unit
     unit.stop()
 
@@ -281,3 +282,20 @@ def test_openvino_model_served_over_http(tiny_models, astronaut_jpeg):
 def test_one_detector_instance_per_thread_that_can_be_busy(monkeypatch, threads, queue_bound, instances, expected):
     monkeypatch.setenv("THREADS", threads)
     assert InferenceConfig(queue_bound=queue_bound, instances=instances).pool_size() == expected
+
+
+def test_answers_name_the_replica_and_the_cpu_the_frame_took(haar_server, astronaut_jpeg):
+    body = requests.post(haar_server.url + "/infer", data=astronaut_jpeg, headers={"Content-Type": "image/jpeg"},
+                         timeout=30).json()
+    assert body["replica"] == "haar-unit-1"
+    assert 0 < body["cpu_ms"] <= body["inference_ms"] + body["queue_ms"] + 5   # Haar computes all the time
+
+
+def test_the_sleep_pad_makes_a_slow_replica_that_does_not_compute(astronaut_jpeg):
+    """INFER_SLEEP_PAD_MS, for capacity experiments: every inference lasts at least the pad,
+    and the time beyond the model's is spent waiting, not on the CPU."""
+    with start_unit("inference", env={"INFER_KIND": "haar-face", "INFER_SLEEP_PAD_MS": "800"}, threads=2) as unit:
+        body = requests.post(unit.url + "/infer", data=astronaut_jpeg, headers={"Content-Type": "image/jpeg"},
+                             timeout=30).json()
+    assert body["inference_ms"] >= 800 and body["cpu_ms"] < 0.5 * body["inference_ms"]
+    assert any(d["label"] == "face" for d in body["detections"])      # the real detector still ran
