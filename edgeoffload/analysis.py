@@ -300,6 +300,7 @@ class SyncPoint:
     pool: str
     current: int
     desired: int
+    metrics: Mapping[str, float] = dataclasses.field(default_factory=dict)   # each metric's mean over the pods
 
 
 @dataclass(frozen=True, slots=True)

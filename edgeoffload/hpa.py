@@ -437,6 +437,15 @@ class PodSample:
     window_start: float | None = None
 
 
+def metric_averages(pods: Iterable[PodSample]) -> dict[str, float]:
+    """Each metric's mean over the pods that report it (what `kubectl get hpa` shows as current)."""
+    values: dict[str, list[float]] = {}
+    for pod in pods:
+        for name, value in pod.values.items():
+            values.setdefault(name, []).append(value)
+    return {name: sum(samples) / len(samples) for name, samples in sorted(values.items())}
+
+
 class MetricUnavailable(Exception):
     """No usable sample for a metric (upstream: the metric is invalid this sync)."""
 
@@ -740,7 +749,7 @@ class HPAController:
             events.append(event)
 
 
-__all__ = ["Behavior", "CONTROLLER_SETTINGS", "DEFAULT_RELEASE", "Decision", "HPAController", "HPAError", "HPASpec",
+__all__ = ["metric_averages", "Behavior", "CONTROLLER_SETTINGS", "DEFAULT_RELEASE", "Decision", "HPAController", "HPAError", "HPASpec",
            "MetricTarget", "MetricUnavailable", "PodSample", "RELEASES", "ScalingPolicy", "ScalingRules",
            "approximate_float64", "find_hpa", "kubernetes_release", "load_hpa_manifests", "parse_quantity",
            "replicas_for_metric", "tolerances", "within_tolerance"]

@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgeoffload.endpointslices import Endpoint, EndpointSliceStore
-from edgeoffload.hpa import HPAController, HPAError, HPASpec, MetricTarget, PodSample
+from edgeoffload.hpa import HPAController, HPAError, HPASpec, MetricTarget, PodSample, metric_averages
 from edgeoffload.podmetrics import ScrapedSeries
 from edgeoffload.relay import TcpRelay, Wan
 from edgeoffload.serve import UnitProcess, start_unit
@@ -425,10 +425,8 @@ class LocalAutoscaler:
             if desired != current:
                 log.info("autoscaler %s: %d -> %d (%s)", name, current, desired, decision.reason if decision else "")
                 pool.scale_to(desired, wait=False)   # like a ReplicaSet: new pods start in the background
-            averages = {metric: sum(p.values.get(metric, 0.0) for p in pods) / max(1, len(pods))
-                        for metric in {m for p in pods for m in p.values}}
-            statuses.append(ScaleStatus(name, ready, desired, decision.reason if decision else "", averages,
-                                        at=time.time(), current=current))
+            statuses.append(ScaleStatus(name, ready, desired, decision.reason if decision else "",
+                                        metric_averages(pods), at=time.time(), current=current))
         self.history.extend(statuses)
         if self.publish is not None:
             self.publish(status_message({name: pool for name, (pool, _) in self.pools.items()}, statuses))

@@ -273,7 +273,7 @@ class ReplicaSampler:
 
 def testbed_syncs(autoscaler: LocalAutoscaler, origin: float) -> list[SyncPoint]:
     """The local autoscaler's syncs from the first frame (wall-clock `origin`) on, in seconds since it."""
-    return [SyncPoint(round(status.at - origin, 3), status.pool, status.current, status.desired)
+    return [SyncPoint(round(status.at - origin, 3), status.pool, status.current, status.desired, status.metrics)
             for status in autoscaler.history if status.at >= origin]
 
 
@@ -393,7 +393,7 @@ def simulate(setup: ValidationSetup, trace_csv: Path, profile_json: Path, cold_s
         first_frame = min((row[0] for group in scenario.cameras for row in group.trace), default=0.0)
         runs.summaries.append(result.summary)
         runs.records.append(list(read_records(path)))
-        runs.syncs.append([SyncPoint(round(s.t - first_frame, 3), s.pool, s.current, s.desired)
+        runs.syncs.append([SyncPoint(round(s.t - first_frame, 3), s.pool, s.current, s.desired, s.metrics)
                            for s in result.hpa_syncs])
     return runs
 

@@ -36,6 +36,7 @@ from edgeoffload.analysis import (Column, ReplicaPoint, SyncComparison, SyncPoin
                                   plot_grouped_bars, plot_timelines, write_table)
 from edgeoffload.load.trace import TraceSpec  # noqa: E402
 from edgeoffload.local import SiteOptions  # noqa: E402
+from edgeoffload.localscale import IN_FLIGHT_METRIC  # noqa: E402
 from edgeoffload.validation import ValidationResult, ValidationSetup, run_validation  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sim_vs_real_autoscale"
@@ -67,6 +68,12 @@ def sync_row(seed: int, comparison: SyncComparison) -> dict[str, Any]:
             "events_target_met": comparison.events_within_a_period}
 
 
+def sync_csv_row(sync: SyncPoint) -> dict[str, Any]:
+    """A sync with the metric means the HPA saw (CPU in cores per pod, frames in flight per pod)."""
+    return {"t": sync.t, "pool": sync.pool, "current": sync.current, "desired": sync.desired,
+            "cpu": sync.metrics.get("cpu"), IN_FLIGHT_METRIC: sync.metrics.get(IN_FLIGHT_METRIC)}
+
+
 def desired_timeline(syncs: list[SyncPoint]) -> list[ReplicaPoint]:
     """Replicas set at each sync (both pools), as a step line."""
     now = {"edge": None, "cloud": None}
@@ -84,9 +91,9 @@ def run_summary(result: ValidationResult, index: int, out: Path) -> dict[str, An
     syncs = [sync_row(seed, comparison) for seed, comparison in enumerate(result.sync_comparisons())]
     write_table(out / "phases.csv", phase_rows, PHASE_COLUMNS)
     write_table(out / "syncs.csv", syncs, SYNC_COLUMNS)
-    sync_columns = [Column(k, k) for k in ("seed", "t", "pool", "current", "desired")]
-    write_table(out / "testbed_syncs.csv", [dataclasses.asdict(s) for s in result.real_syncs], sync_columns[1:])
-    write_table(out / "simulator_syncs.csv", [{"seed": seed, **dataclasses.asdict(s)} for seed, syncs_ in
+    sync_columns = [Column(k, k) for k in ("seed", "t", "pool", "current", "desired", "cpu", IN_FLIGHT_METRIC)]
+    write_table(out / "testbed_syncs.csv", [sync_csv_row(s) for s in result.real_syncs], sync_columns[1:])
+    write_table(out / "simulator_syncs.csv", [{"seed": seed, **sync_csv_row(s)} for seed, syncs_ in
                                               enumerate(result.sim_syncs) for s in syncs_], sync_columns)
     plot_timelines(out.parent / f"replicas_run{index}.png",
                    {"testbed": desired_timeline(result.real_syncs),
@@ -100,7 +107,7 @@ def run_summary(result: ValidationResult, index: int, out: Path) -> dict[str, An
                                       "testbed": p.real.to_row(), "simulator": p.simulated.to_row(),
                                       "deviations": [_shown(d) for d in p.deviations], "target_met": p.target_met}
                                      for p in result.phases],
-            "syncs": syncs, "testbed_syncs": [dataclasses.asdict(s) for s in result.real_syncs],
+            "syncs": syncs, "testbed_syncs": [sync_csv_row(s) for s in result.real_syncs],
             "target_met": {"phases": phases_met, "replicas_at_every_sync": replicas_met,
                            "scale_events_within_a_period": events_met,
                            "all": phases_met and replicas_met and events_met}}

@@ -15,13 +15,13 @@ import heapq
 import itertools
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 import simpy
 
-from edgeoffload.hpa import HPAController
+from edgeoffload.hpa import HPAController, metric_averages
 from edgeoffload.policy import Observation, Policy, SiteState, load_policy
 from edgeoffload.records import FrameRecord, RecordWriter
 from edgeoffload.sim.dispatch import Dispatcher
@@ -49,6 +49,7 @@ class HpaSync:
     current: int        # the Deployment's replicas (ready or starting)
     desired: int
     ready: int
+    metrics: dict[str, float] = field(default_factory=dict)   # each metric's mean over the pods reporting it
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,8 +384,10 @@ class Simulation:
         while True:
             now = self.env.now
             current = pool.replicas
-            desired = controller.step(now, current, pool.pod_samples(now, custom))
-            self.hpa_syncs.append(HpaSync(round(now, 6), pool.spec.name, current, desired, pool.ready))
+            pods = pool.pod_samples(now, custom)
+            desired = controller.step(now, current, pods)
+            self.hpa_syncs.append(HpaSync(round(now, 6), pool.spec.name, current, desired, pool.ready,
+                                          metric_averages(pods)))
             if desired > current:
                 for _ in range(desired - current):
                     pod = pool.add_pod(now)
