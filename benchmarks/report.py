@@ -38,6 +38,13 @@ def write_section(name: str, command: str, body: str) -> None:
     print(f"wrote section {name!r} of {BENCHMARKS_MD}", file=sys.stderr)
 
 
+def publish(name: str, command: str, body: str) -> None:
+    """Print the figures and write them as section `name` (`--no-write`: print only, for trial runs)."""
+    print(body)
+    if "--no-write" not in sys.argv:
+        write_section(name, command, body)
+
+
 def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]

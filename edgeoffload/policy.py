@@ -303,6 +303,11 @@ def as_policy(obj: Any, name: str | None = None, seed: int | None = None) -> Pol
     raise ValueError(f"{obj!r} is not a policy: it needs an estimate_to_cloud(obs) method or must be a function")
 
 
+def is_policy_file(target: str) -> bool:
+    """Whether the `target` of a `target:attr` spec names a file (else an importable module)."""
+    return target.endswith(".py") or "/" in target or "\\" in target
+
+
 def _takes_seed(cls: type) -> bool:
     try:
         parameter = inspect.signature(cls).parameters.get("seed")
@@ -313,7 +318,7 @@ def _takes_seed(cls: type) -> bool:
 
 
 def _import_target(target: str) -> Any:
-    if target.endswith(".py") or "/" in target or "\\" in target:
+    if is_policy_file(target):
         path = Path(target).expanduser().resolve()
         if not path.is_file():
             raise ValueError(f"policy file not found: {target}")

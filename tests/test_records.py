@@ -4,8 +4,10 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from edgeoffload.records import FIELD_NAMES, Detection, FrameRecord, RecordWriter, read_records
+from edgeoffload.records import FIELD_NAMES, Detection, FrameRecord, RecordWriter, _arrow_schema, float_texts, read_records
 
 
 def sample(frame_id: int = 1, **changes: object) -> FrameRecord:
@@ -87,3 +89,103 @@ def test_empty_file_is_readable(tmp_path: Path, suffix: str) -> None:
 def test_unknown_suffix_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"\.csv or \.parquet"):
         RecordWriter(tmp_path / "records.txt")
+
+
+# -- the writer's files are exactly what the plain per-row writers produce ------------------------------------
+
+def reference_csv(path: Path, records: list[FrameRecord]) -> bytes:
+    """The format's definition: csv.DictWriter rows of to_dict(), detections as compact JSON."""
+    import csv
+
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=FIELD_NAMES)
+        writer.writeheader()
+        for record in records:
+            writer.writerow({**record.to_dict(), "detections": json.dumps(record.to_dict()["detections"],
+                                                                          separators=(",", ":"))})
+    return path.read_bytes()
+
+
+def reference_parquet(path: Path, records: list[FrameRecord], batch_size: int) -> bytes:
+    """Row groups of `batch_size` rows built with pa.Table.from_pylist over to_dict() rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = _arrow_schema()
+    rows = [{**r.to_dict(), "detections": json.dumps(r.to_dict()["detections"], separators=(",", ":"))}
+            for r in records]
+    with pq.ParquetWriter(path, schema) as writer:
+        for start in range(0, max(len(rows), 1), batch_size):
+            writer.write_table(pa.Table.from_pylist(rows[start:start + batch_size], schema=schema))
+    return path.read_bytes()
+
+
+texts = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12) | st.sampled_from(
+    ["", ",", '"', "\r", "\n", "a\rb", "a,b", 'say "hi"', " lead", "tab\t", "é→", "cam-1"])
+special_floats = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from(
+    [0.0, -0.0, 1e-4, 9.999999999999999e-05, 1e16, 9999999999999998.0, 100.0, 0.1 + 0.2, 5e-324, 1e300])
+records_strategy = st.builds(
+    FrameRecord, camera=texts, frame_id=st.integers(0, 2**63 - 1), captured_at=special_floats,
+    site=st.sampled_from(["edge", "cloud", "none"]), status=st.sampled_from(["ok", "dropped", "error"]),
+    reason=texts, policy=texts, model=texts,
+    detections=st.lists(st.builds(Detection, texts, st.floats(0, 1), st.tuples(*[st.floats(0, 1e4)] * 4)),
+                        max_size=2).map(tuple),
+    bytes_sent=st.integers(0, 2**63 - 1), t_queue_ms=special_floats, t_network_ms=special_floats,
+    t_inference_ms=special_floats, t_total_ms=special_floats, deadline_met=st.sampled_from([None, True, False]),
+    replica=texts)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(records=st.lists(records_strategy, max_size=30), batch_size=st.integers(1, 12))
+def test_written_files_are_byte_identical_to_the_plain_writers(tmp_path: Path, records, batch_size) -> None:
+    for suffix, reference in ((".csv", lambda p: reference_csv(p, records)),
+                              (".parquet", lambda p: reference_parquet(p, records, batch_size))):
+        path = tmp_path / f"fast{suffix}"
+        with RecordWriter(path, batch_size=batch_size) as writer:
+            writer.write_all(records)
+        assert path.read_bytes() == reference(tmp_path / f"reference{suffix}"), suffix
+
+
+def test_simulated_records_are_byte_identical_to_the_plain_writers(tmp_path: Path) -> None:
+    """A batch of simulator records takes the C path (no value needs quoting): same bytes."""
+    from edgeoffload.sim import load_scenario, run_scenario
+
+    scenario = load_scenario({"name": "s", "duration_s": 30, "seed": 2,
+                              "cameras": [{"name": "c", "count": 5, "fps": 10, "frame_bytes": 20_000,
+                                           "deadline_ms": 80}],
+                              "edge": {"workers": 1, "queue_capacity": 2, "service_ms": {"dist": "exponential", "mean": 60}},
+                              "cloud": {"workers": 4, "service_ms": 10}})
+    collected: list[FrameRecord] = []
+
+    class Collect:
+        name = "collect"
+
+        def __init__(self) -> None:
+            self.count = 0
+
+        def estimate_to_cloud(self, obs) -> bool:
+            self.count += 1
+            return self.count % 3 == 0
+
+        def feedback(self, record: FrameRecord) -> None:
+            collected.append(record)
+
+    for suffix in (".csv", ".parquet"):
+        collected.clear()
+        run_scenario(scenario, Collect(), out=tmp_path / f"sim{suffix}")
+        assert {r.status for r in collected} == {"ok", "dropped"} and {r.deadline_met for r in collected} == {True, False}
+        reference = (reference_csv(tmp_path / "ref.csv", collected) if suffix == ".csv"
+                     else reference_parquet(tmp_path / "ref.parquet", collected, 4096))
+        assert (tmp_path / f"sim{suffix}").read_bytes() == reference
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(allow_nan=True, allow_infinity=True) | st.none(), max_size=50))
+def test_float_texts_are_repr(values) -> None:
+    assert float_texts(values).to_pylist() == [None if v is None else repr(v) for v in values]
+
+
+def test_the_file_schema_has_every_field_in_order() -> None:
+    """The writer takes columns from FIELD_NAMES and types from this schema: a new field needs
+    only its entry here."""
+    assert _arrow_schema().names == list(FIELD_NAMES)

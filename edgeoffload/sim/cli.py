@@ -4,39 +4,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
-from typing import TextIO
+from typing import Callable
 
 from edgeoffload.policy import load_policy
+from edgeoffload.progress import ProgressBar
 from edgeoffload.sim.engine import run_scenario
 from edgeoffload.sim.scenario import load_scenario
 
 
-class ProgressBar:
-    """A one-line bar driven by simulated time; redraws at most 10 times per wall-second.
-    On a non-terminal stream it stays silent (logs should not fill with carriage returns)."""
-
-    def __init__(self, stream: TextIO, width: int = 30) -> None:
-        self.stream = stream
-        self.width = width
-        self.enabled = stream.isatty()
-        self._started = time.perf_counter()
-        self._drawn_at = -1.0
-
-    def __call__(self, done_s: float, total_s: float) -> None:
-        now = time.perf_counter()
-        final = done_s >= total_s
-        if not self.enabled or (now - self._drawn_at < 0.1 and not final):
-            return
-        self._drawn_at = now
-        fraction = min(1.0, done_s / total_s) if total_s > 0 else 1.0
-        filled = int(fraction * self.width)
-        self.stream.write(f"\r[{'#' * filled}{'-' * (self.width - filled)}] {100 * fraction:5.1f} % "
-                          f"{done_s:,.0f}/{total_s:,.0f} s simulated, {now - self._started:,.1f} s wall")
-        if final:
-            self.stream.write("\n")
-        self.stream.flush()
+def simulated_time_progress(bar: ProgressBar) -> Callable[[float, float], None]:
+    """The simulator's progress callback (simulated seconds done, total) drawn on `bar`."""
+    return lambda done_s, total_s: bar.update(done_s, total_s, f"{done_s:,.0f}/{total_s:,.0f} s simulated")
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -60,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     records = None if args.records == "none" else args.out / f"records.{args.records}"
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-    progress = None if args.no_progress else ProgressBar(sys.stderr)
+    progress = None if args.no_progress else simulated_time_progress(ProgressBar(sys.stderr))
     result = run_scenario(scenario, policy, out=records, progress=progress)
     print(result.summary.table())
     print(f"\n{result.frames_simulated:,} frames simulated in {result.wall_s:.2f} s "
@@ -72,4 +51,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["ProgressBar", "register", "run"]
+__all__ = ["register", "run", "simulated_time_progress"]

@@ -209,13 +209,20 @@ def load_scenario(source: str | Path | Mapping[str, Any], base_dir: Path | None 
     if isinstance(source, Mapping):
         return parse_scenario(source, base_dir or Path.cwd())
     path = Path(source)
+    return parse_scenario(read_yaml(path, "scenario"), base_dir or path.resolve().parent)
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """The parsed YAML of a file; a ScenarioError naming the file if it cannot be read or parsed."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ScenarioError("", f"cannot read scenario {path}: {exc.strerror}") from None
+        raise ScenarioError("", f"cannot read {what} {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise ScenarioError("", f"{path} is not valid YAML: {exc}") from None
-    return parse_scenario(raw, base_dir or path.resolve().parent)
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ScenarioError("", f"{path} is not valid YAML: {problem}"
+                                + (f" (line {mark.line + 1}, column {mark.column + 1})" if mark else "")) from None
 
 
 def parse_scenario(raw: Any, base_dir: Path) -> Scenario:
@@ -451,4 +458,4 @@ def _hpa(raw: Any, path: str, base_dir: Path) -> HPASpec | None:
 
 
 __all__ = ["CameraGroup", "DispatchSpec", "ObserverSpec", "PoolSpec", "Scenario", "ScenarioError", "SharedCpuSpec", "WanSpec",
-           "load_scenario", "parse_scenario"]
+           "load_scenario", "parse_scenario", "read_yaml"]

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from edgeoffload.sweep import CELLS_FOLDER
+
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SERVED_TYPES: dict[str, str] = {
     ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
@@ -156,13 +158,14 @@ class ExperimentResults:
 
 
 def _walk(folder: Path, depth: int) -> Iterator[Path]:
-    """Plain-named files, sorted, down to `depth` levels (hidden and odd names skipped)."""
+    """Plain-named files, sorted, down to `depth` levels (hidden and odd names skipped, and a
+    sweep's per-cell store: hundreds of small JSON files that the sweep's table already holds)."""
     for path in sorted(folder.iterdir(), key=lambda p: p.name):
         if not is_plain_name(path.name):
             continue
         if path.is_file():
             yield path
-        elif path.is_dir() and not path.is_symlink() and depth > 1:
+        elif path.is_dir() and not path.is_symlink() and depth > 1 and path.name != CELLS_FOLDER:
             yield from _walk(path, depth - 1)
 
 

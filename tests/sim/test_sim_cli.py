@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from edgeoffload.progress import ProgressBar
 from edgeoffload.records import read_records
 from edgeoffload.sim import cli
 
@@ -65,7 +66,7 @@ class FakeTerminal(io.StringIO):
 
 def test_progress_bar_draws_on_a_terminal_only() -> None:
     terminal = FakeTerminal()
-    bar = cli.ProgressBar(terminal, width=10)
+    bar = cli.simulated_time_progress(ProgressBar(terminal, width=10))
     bar(0.0, 100.0)
     bar(50.0, 100.0)     # within 0.1 s of the last draw: skipped
     bar(100.0, 100.0)    # the final state is always drawn
@@ -73,5 +74,5 @@ def test_progress_bar_draws_on_a_terminal_only() -> None:
     assert text.count("\r") == 2 and text.endswith("\n")
     assert "[##########] 100.0 % 100/100 s simulated" in text
     log = io.StringIO()
-    cli.ProgressBar(log)(100.0, 100.0)
+    cli.simulated_time_progress(ProgressBar(log))(100.0, 100.0)
     assert log.getvalue() == ""

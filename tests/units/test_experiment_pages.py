@@ -78,6 +78,16 @@ def test_listing_and_page(tmp_path: Path) -> None:
     assert ExperimentResults(tmp_path / "missing").entries() == []
 
 
+def test_a_sweeps_cell_store_is_not_shown(tmp_path: Path) -> None:
+    folder = make_results(tmp_path)
+    (folder / "cells").mkdir()
+    for index in range(300):   # more than MAX_FILES: they would crowd out the plots
+        (folder / "cells" / f"{index:032x}.json").write_text('{"key": "x"}')
+    page = ExperimentResults(tmp_path).page("policies-2026")
+    assert page.plots == ["plots/latency.png"] and page.downloads == ["latency.csv", "summary.json"]
+    assert [t.title for t in page.tables] == ["summary.json", "summary.json › policies", "latency.csv"]
+
+
 def test_a_broken_summary_is_reported_not_fatal(tmp_path: Path) -> None:
     folder = tmp_path / "broken"
     folder.mkdir()
