@@ -2,12 +2,14 @@
 
     python experiments/sim_vs_real_autoscale.py [--runs 3] [--out experiments/results/sim_vs_real_autoscale]
 
-A seeded step trace (3 cameras at 1.5 frames/s, x4 from 45 s to 135 s, 330 s in all) drives the
+A seeded step trace (3 cameras at 1.5 frames/s, x6 from 45 s to 135 s, 330 s in all) drives the
 local testbed, whose pools scale with the HPAs of autoscale.yml (capped at 3 replicas each, 15 s
 sync period, Kubernetes 1.37). Inference replicas pad every frame to 300 ms by sleeping
 (INFER_SLEEP_PAD_MS; two detector instances each, as the ConfigMaps ship, so 6.7 frames/s a
 replica), so on 2 vCPUs a replica the HPA adds is capacity, as a pod on its own node would be:
-the step's 18 frames/s load the starting 1 edge + 2 cloud replicas to about 90 %. Each run is the sim-vs-real pipeline (edgeoffload/validation.py: profile, a held-out
+the step's 27 frames/s overload the starting 1 edge + 2 cloud replicas (20 frames/s), so the
+HPAs' in-flight metric rises well above its target and both pools scale decisively (a step that
+only brings them near the target makes every scale decision a coin flip between the two sites). Each run is the sim-vs-real pipeline (edgeoffload/validation.py: profile, a held-out
 calibration replay, the evaluated replay started with a fresh autoscaler, 5 simulated seeds with
 the same trace, HPA specs and sync phase, cold start and dispatch model), then compared per phase
 (before, during, after the step) and sync by sync. About 10 minutes a run; run it on a quiet
@@ -40,7 +42,7 @@ from edgeoffload.localscale import IN_FLIGHT_METRIC  # noqa: E402
 from edgeoffload.validation import ValidationResult, ValidationSetup, run_validation  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sim_vs_real_autoscale"
-STEP = TraceSpec(kind="step", cameras=3, rate=1.5, duration_s=330.0, seed=11, step_factor=4.0,
+STEP = TraceSpec(kind="step", cameras=3, rate=1.5, duration_s=330.0, seed=11, step_factor=6.0,
                  step_start_s=45.0, step_end_s=135.0)
 SITE = SiteOptions(kind="haar-face", replicas=1, max_replicas=3, sleep_pad_ms=300.0)
 # The padded replicas wait instead of computing, so they do not slow each other down: no shared_cpu.
