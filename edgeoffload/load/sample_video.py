@@ -108,6 +108,11 @@ class FrameSource(Protocol):
     def frame(self, camera: str, frame_index: int) -> bytes: ...
 
 
+def picture_name(index: int) -> str:
+    """How traces, profiles and scenarios name the `index`-th frame of a source (`content`)."""
+    return f"frame-{index}"
+
+
 @dataclass(frozen=True)
 class CyclicFrames:
     """A fixed list of encoded frames, looped; cameras start at different offsets so they differ."""
@@ -196,5 +201,5 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["SampleVideoSpec", "SCENES", "FrameSource", "CyclicFrames", "sample_images", "sample_jpegs",
+__all__ = ["SampleVideoSpec", "SCENES", "FrameSource", "CyclicFrames", "picture_name", "sample_images", "sample_jpegs",
            "sample_source", "folder_source", "video_source", "open_source", "write_video", "scene_image"]
