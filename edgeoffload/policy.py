@@ -205,7 +205,15 @@ class Deadline(_Stateless):
         return predicted_completion_s(obs.cloud, obs.frame_bytes) < edge
 
 
-class Cascade(_Stateless):
+class _EdgeFirst(_Stateless):
+    """Base of the built-in cascades: every frame goes to the edge first (the cloud only while the
+    edge is unhealthy); the second decision is theirs."""
+
+    def estimate_to_cloud(self, obs: Observation) -> bool:
+        return not obs.edge.healthy and obs.cloud.healthy
+
+
+class Cascade(_EdgeFirst):
     """Edge first; escalate a frame to the cloud when the edge found nothing or its best score is
     below `threshold` (in the edge detector's own score scale: Haar's stage weights, HOG's SVM
     margin, a DNN's confidence)."""
@@ -216,16 +224,13 @@ class Cascade(_Stateless):
         self.threshold = threshold
         self.name = f"cascade:{threshold:g}"
 
-    def estimate_to_cloud(self, obs: Observation) -> bool:
-        return not obs.edge.healthy and obs.cloud.healthy
-
     def escalate_to_cloud(self, obs: Observation, edge_result: EdgeResult) -> bool:
         if not obs.cloud.healthy:
             return False
         return edge_result.best_score is None or edge_result.best_score < self.threshold
 
 
-class BudgetCascade(_Stateless):
+class BudgetCascade(_EdgeFirst):
     """Edge first; escalate at most a `share` of the edge's answers, the least confident first.
 
     Online, "least confident first" means: escalate a frame when its confidence is at or below
@@ -245,9 +250,6 @@ class BudgetCascade(_Stateless):
         self.name = f"cascade-budget:{share:g}"
         self._scores: deque[float] = deque(maxlen=window)
         self._escalated: deque[bool] = deque(maxlen=window)
-
-    def estimate_to_cloud(self, obs: Observation) -> bool:
-        return not obs.edge.healthy and obs.cloud.healthy
 
     def escalate_to_cloud(self, obs: Observation, edge_result: EdgeResult) -> bool:
         score = -math.inf if edge_result.best_score is None else edge_result.best_score
