@@ -117,7 +117,7 @@ def test_a_failed_escalation_keeps_the_edge_answer(scenario, tmp_path: Path) -> 
     edge's answer, as on the testbed (a policy that escalates whatever the cloud's health)."""
     for dispatch in (None, {"queue_size": 4, "per_replica": 2}):
         out = tmp_path / "records.csv"
-        summary = run_scenario(scenario(**LIGHT, cloud={"replicas": 0}, dispatch=dispatch), Escalator(),
+        summary = run_scenario(scenario(**{**LIGHT, "cloud": {"replicas": 0}}, dispatch=dispatch), Escalator(),
                                out=out).summary
         records = list(read_records(out))
         assert set(Counter((r.camera, r.frame_id) for r in records).values()) == {1}
