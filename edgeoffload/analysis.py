@@ -267,7 +267,7 @@ def compare(real: RunMetrics, simulated: RunMetrics, latency_tolerance: float = 
     shares = ["cloud_share", "drop_rate"]
     if real.escalated_frames or simulated.escalated_frames:
         shares.append("escalation_share")
-    if real.agreement is not None or simulated.agreement is not None:
+    if real.agreement is not None and simulated.agreement is not None:
         shares.append("agreement")
     for metric in shares:
         r, s = getattr(real, metric), getattr(simulated, metric)

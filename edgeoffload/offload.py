@@ -14,6 +14,8 @@ over back to the edge, since it already has the edge's answer. Its one record is
 answer (`escalated`, the edge answer's summary and `t_edge_ms` say what came first); if the
 cloud stage fails in any way (queue eviction, no replica, error, timeout, shutdown) the record
 is the edge's answer instead, status ok, reason `escalation_failed: <what the cloud did>`.
+An escalated frame's `bytes_sent` counts what was sent to the cloud (its egress, as the
+simulator counts it), not the edge's copy on the local network.
 
 A site's concurrency is its ready replicas x `per_replica` (the inference unit's admission
 bound), so it follows the HPA; the policy sees the ready count as `SiteState.replicas`.
@@ -559,6 +561,7 @@ class Offloader:
         if escalate:
             job.edge_stage = EdgeStage(answer, network_s, replica, time.monotonic())
             job.replica_retried = False   # the cloud stage may try another cloud replica too
+            job.bytes_sent = 0            # its record counts what went to the cloud: the egress
             self._enqueue(job, CLOUD)
         return ""
 

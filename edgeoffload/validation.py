@@ -598,6 +598,8 @@ def run_validation(setup: ValidationSetup, out_dir: str | Path,
                            observer, first_sync).records
     in_run_counted = [after_warmup(run, setup.warmup_s) for run in in_run_runs]
     in_run = from_runs(in_run_counted, "simulator, in-run service times")
+    if judges is not None:
+        in_run = replace(in_run, agreement=agreement_share([r for run in in_run_counted for r in run], judges[1]))
     return ValidationResult(setup, profile, cold_start_s, result, real, simulated, per_seed,
                             compare(real, simulated), real_timeline, sim_timeline,
                             real_records, sim_counted, summaries, in_run, compare(real, in_run),

@@ -26,8 +26,9 @@ def test_the_committed_table_comes_from_this_spec_and_reproduces(tmp_path: Path)
     # and a few of them, simulated again, give their committed lines byte for byte
     picked = [index for index, (grid, cell) in enumerate(cells) if cell.scenario.name == "low-load" and
               (grid, cell.policy) in {("policies", "random:0.5"), ("policies", "bandit:0.1"),
-                                      ("queue-threshold:k", "queue-threshold:4"), ("deadline:s", "deadline:0.12")}]
-    assert len(picked) == 4
+                                      ("queue-threshold:k", "queue-threshold:4"), ("deadline:s", "deadline:0.12"),
+                                      ("cascades", "cascade:3.5"), ("cascades", "cascade-budget:0.2")}]
+    assert len(picked) == 6
     subset = [cells[index] for index in picked]
     fresh = table_rows(spec, subset, {cell.key: run_cell(cell) for _, cell in subset})
     lines = write_csv(tmp_path / "subset.csv", fresh, table_columns(spec)).read_text(encoding="utf-8").splitlines()
