@@ -334,7 +334,9 @@ class Simulation:
         view.in_flight -= 1
         network_s = frame.uplink_s + frame.up_s + frame.down_s
         view.answered(frame.service, network_s, frame.size)
-        self._settle(frame, site, now, network_s)
+        self._settle(frame, site, now, network_s, "", frame.size if site.remote else 0)
+        if self.dispatchers:
+            self.dispatchers[site.name].done(frame, now)
 
     def _edge_answered(self, frame: Frame, end: float) -> None:
         """The edge answered, in a scenario with `edge.answers`: draw the answer for the frame's
@@ -348,36 +350,36 @@ class Simulation:
         escalate = self._escalate
         if escalate is None or not escalate(
                 self._observe(frame, end), EdgeResult(answer.score, answer.detections, frame.service, site.model)):
-            self._settle(frame, site, end, 0.0)
+            self._settle(frame, site, end, 0.0, "", 0)
+            if self.dispatchers:
+                self.dispatchers["edge"].done(frame, end)
             return
-        frame.edge_done, frame.edge_service = end, frame.service
+        frame.edge_done = end
         if self.dispatchers:
             self.dispatchers["edge"].done(frame, end)
         frame.pod = None
         frame.uplink_s = frame.up_s = frame.down_s = 0.0
         self._to_cloud(frame, end)
 
-    def _settle(self, frame: Frame, site: _Site, now: float, network_s: float) -> None:
-        """Statistics, record and feedback of an answer (estimates already updated); frees its slot."""
+    def _kept_edge(self, frame: Frame, now: float, reason: str, sent: int) -> None:
+        """An escalated frame whose cloud stage failed keeps the edge's answer, as on the testbed.
+        A simulated cloud fails a frame only before serving it, so `frame.service` is still the edge's."""
+        frame.pod = None
+        self._settle(frame, self._edge_site, now, 0.0, f"escalation_failed: {reason}", sent)
+
+    def _settle(self, frame: Frame, site: _Site, now: float, network_s: float, reason: str, sent: int) -> None:
+        """Statistics, record and policy feedback of a frame with an answer (estimates already
+        updated; the caller frees its slot at the preprocessor)."""
         total_ms = (now - frame.captured) * 1000.0
         inference_ms = frame.service * 1000.0
         network_ms = network_s * 1000.0
-        if frame.edge_done < 0:   # waiting at the pod, plus (dispatch model) in the preprocessor's queue
-            queue_ms = (frame.started - frame.arrived + frame.dispatched - frame.captured) * 1000.0
-        else:                     # escalated: the edge stage waited too, as the testbed counts it
+        escalated = frame.edge_done >= 0
+        if escalated:   # the edge stage (and a failed cloud stage) waited too, as the testbed counts it
             queue_ms = total_ms - network_ms - inference_ms
-        pod = frame.pod
-        self._conclude(frame, site, "", frame.size if site.remote else 0, queue_ms, network_ms, inference_ms,
-                       total_ms, pod.name if pod is not None else "")
-        if self.dispatchers:
-            self.dispatchers[site.name].done(frame, now)
-
-    def _conclude(self, frame: Frame, site: _Site, reason: str, sent: int, queue_ms: float, network_ms: float,
-                  inference_ms: float, total_ms: float, replica: str) -> None:
-        """Statistics, record and policy feedback of a frame with an answer."""
+        else:           # waiting at the pod, plus (dispatch model) in the preprocessor's queue
+            queue_ms = (frame.started - frame.arrived + frame.dispatched - frame.captured) * 1000.0
         deadline = frame.deadline_s
         met = None if deadline is None else total_ms <= deadline * 1000.0
-        escalated = frame.edge_done >= 0
         if frame.captured >= self._warmup:
             acc = site.acc
             acc.frames += 1
@@ -396,26 +398,21 @@ class Simulation:
             if self._answers is not None:   # the cloud's answer is the reference
                 self._escalated += escalated
                 self._agreed += site.remote or bool(frame.edge_answer.agrees)  # type: ignore[union-attr]
+        pod = frame.pod
         if escalated:
             answer = frame.edge_answer
             record = _frame_record(frame.camera, frame.frame_id, frame.captured, site.name, "ok", reason,
                                    self._policy_name, site.model, (), sent, queue_ms, network_ms, inference_ms,
-                                   total_ms, met, replica, True, answer.score, answer.detections,  # type: ignore[union-attr]
+                                   total_ms, met, pod.name if pod is not None else "", True,
+                                   answer.score, answer.detections,  # type: ignore[union-attr]
                                    (frame.edge_done - frame.captured) * 1000.0)
         else:
             record = _frame_record(frame.camera, frame.frame_id, frame.captured, site.name, "ok", reason,
                                    self._policy_name, site.model, (), sent, queue_ms, network_ms, inference_ms,
-                                   total_ms, met, replica)
+                                   total_ms, met, pod.name if pod is not None else "")
         self._learn(record)
         if self.writer is not None:
             self.writer.write(record)
-
-    def _kept_edge(self, frame: Frame, now: float, reason: str, sent: int) -> None:
-        """An escalated frame whose cloud stage failed keeps the edge's answer, as on the testbed."""
-        total_ms = (now - frame.captured) * 1000.0
-        inference_ms = frame.edge_service * 1000.0
-        self._conclude(frame, self._edge_site, f"escalation_failed: {reason}", sent, total_ms - inference_ms, 0.0,
-                       inference_ms, total_ms, "")
 
     def _failed(self, frame: Frame, site: _Site, now: float, reason: str) -> None:
         """A 503 (queue full: status dropped) or no endpoint (status error) reached the preprocessor."""

@@ -33,7 +33,7 @@ class Frame:
 
     __slots__ = ("camera", "frame_id", "captured", "size", "deadline_s", "arrived", "started", "service",
                  "uplink_s", "up_s", "down_s", "pod", "reason", "content", "target", "dispatched", "edge_answer",
-                 "edge_done", "edge_service")
+                 "edge_done")
 
     def __init__(self, camera: str, frame_id: int, captured: float, size: int, deadline_s: float | None,
                  content: str = "") -> None:
@@ -51,7 +51,6 @@ class Frame:
         self.dispatched = captured       # when it left the preprocessor's queue
         self.edge_answer = None          # cascade: the edge's drawn answer (scenario edge.answers)
         self.edge_done = -1.0            # cascade: when the edge answered an escalated frame (-1: not escalated)
-        self.edge_service = 0.0          # cascade: the edge's service time for it
 
 
 class Pod:
