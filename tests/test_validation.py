@@ -179,7 +179,9 @@ def test_pipeline_replays_profiles_and_simulates_the_same_trace(tmp_path: Path) 
     assert result.real.cloud_share == pytest.approx(0.5, abs=0.15)
     assert result.simulated.cloud_share == pytest.approx(0.5, abs=0.15)
 
-    assert [d.metric for d in result.deviations] == ["p50_ms", "p95_ms", "cloud_share", "drop_rate"]
+    # the profile measured each picture's answers: the same model at both sites, so every answer agrees
+    assert [d.metric for d in result.deviations] == ["p50_ms", "p95_ms", "cloud_share", "drop_rate", "agreement"]
+    assert result.real.agreement == result.simulated.agreement == 1.0
     assert all(d.error is not None and math.isfinite(d.error) for d in result.deviations)
     assert result.target_met == all(d.within for d in result.deviations[:3])
     assert result.real_timeline and all(p.edge == p.cloud == 1 for p in result.real_timeline)
