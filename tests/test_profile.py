@@ -94,7 +94,7 @@ def test_profile_measures_service_rtt_and_bandwidth(sites: tuple[str, str], tmp_
     # machine is loaded, as it then waits for the CPU; the lower bound stays loose for that)
     assert 0.2 < written["edge"]["cpu_per_worker"] <= 1.0 and 0.2 < written["cloud"]["cpu_per_worker"] <= 1.0
     # Each sample picture's answer from both sites: the same model at both, so every edge answer
-    # agrees with the cloud's; the astronaut's face is found, the coffee cup has none.
+    # agrees with the cloud's; the first picture shows the astronaut's face.
     answers, reference = written["edge"]["answers"], written["cloud"]["reference"]
     assert sorted(answers) == sorted(reference) == sorted(f"frame-{i}" for i in range(len(sample_source().frames)))
     assert all(len(samples) == 1 and samples[0]["agrees"] for samples in answers.values())
