@@ -220,7 +220,7 @@ def test_the_simulator_gets_the_edge_answers_and_both_sides_judge_agreement_alik
                "cloud": {"service_ms": [30.0], "reference": {"frame-0": [face], "frame-1": [face]}},
                "wan": {"rtt_ms": [40.0], "bandwidth_bps": 2e7}}
     (tmp_path / "profile.json").write_text(json.dumps(profile))
-    scenario = simulated_scenario(ValidationSetup(autoscale=False), trace, tmp_path / "profile.json", 1.0, 5.0, 0)
+    scenario = simulated_scenario(ValidationSetup(autoscale=False), trace, tmp_path / "profile.json", 1.0, 10.0, 0)
     assert set(scenario.edge.answers) == {"frame-0", "frame-1"} and not scenario.cloud.answers
     real, simulated = agreement_judges(profile, frames)
 
