@@ -236,9 +236,10 @@ class BudgetCascade(_EdgeFirst):
     Online, "least confident first" means: escalate a frame when its confidence is at or below
     the `share`-quantile of the last `window` edge answers' confidences (this one included), so
     that over a window the escalated frames are the least confident `share` of them. A frame with
-    nothing found has confidence -inf (escalated first). A frame that ties the quantile (e.g.
-    many empty answers) is escalated only while the escalations among the last `window` answers
-    stay within `share`: the budget holds even when many answers are equally unsure."""
+    nothing found has confidence -inf (escalated first). The budget holds at every answer, also
+    while fewer than `window` have come and when many answers tie (e.g. many empty ones): a frame
+    is escalated only if the escalations among the last `window` answers, this one included,
+    stay within `share` of them."""
 
     def __init__(self, share: float = 0.2, window: int = 200) -> None:
         if not 0.0 <= share <= 1.0:
@@ -249,16 +250,17 @@ class BudgetCascade(_EdgeFirst):
         self.window = window
         self.name = f"cascade-budget:{share:g}"
         self._scores: deque[float] = deque(maxlen=window)
-        self._escalated: deque[bool] = deque(maxlen=window)
+        self._earlier: deque[bool] = deque(maxlen=window - 1)   # the decisions sharing a window with the next
 
     def escalate_to_cloud(self, obs: Observation, edge_result: EdgeResult) -> bool:
         score = -math.inf if edge_result.best_score is None else edge_result.best_score
         self._scores.append(score)
-        ordered = sorted(self._scores)
-        allowed = math.floor(self.share * len(ordered))      # escalations this window may hold
-        escalate = (obs.cloud.healthy and allowed > 0 and score <= ordered[allowed - 1]
-                    and sum(self._escalated) < math.floor(self.share * self.window))
-        self._escalated.append(escalate)
+        within_budget = sum(self._earlier) + 1 <= self.share * (len(self._earlier) + 1)
+        escalate = False
+        if within_budget and obs.cloud.healthy:
+            ordered = sorted(self._scores)
+            escalate = score <= ordered[max(0, math.floor(self.share * len(ordered)) - 1)]
+        self._earlier.append(escalate)
         return escalate
 
 
