@@ -255,9 +255,10 @@ class Publisher(_Endpoint):
         self.close()
 
     # -- publishing ------------------------------------------------------------------------
-    def publish_record(self, record: FrameRecord) -> bool:
-        """Queue one record for `edgeoffload/results/<camera>`; False when the buffer is full."""
-        return self.publish(topic_for(record.camera), record.to_json(), resendable=True)
+    def publish_record(self, record: FrameRecord) -> int | None:
+        """Queue one record for `edgeoffload/results/<camera>`: its message id (for
+        `wait_acked`), None when the buffer is full."""
+        return self._publish(topic_for(record.camera), record.to_json().encode(), resendable=True)
 
     def publish_status(self, status: dict[str, Any]) -> bool:
         """Replace this unit's retained status message."""
@@ -268,16 +269,19 @@ class Publisher(_Endpoint):
         """Queue one message; `resendable` ones are kept after their acknowledgement for
         `resend_window_s`, to be sent again if the connection is lost (see the module docstring)."""
         body = payload.encode() if isinstance(payload, str) else payload
+        return self._publish(topic, body, retain, resendable) is not None
+
+    def _publish(self, topic: str, body: bytes, retain: bool = False, resendable: bool = False) -> int | None:
         info = self._client.publish(topic, body, qos=self.settings.qos, retain=retain)
         with self._lock:
             if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
                 self._stats.dropped += 1
                 log.warning("MQTT outgoing buffer full (%d): dropped a message for %s",
                             self.settings.max_buffered, topic)
-                return False
+                return None
             self._stats.published += 1
             if self.settings.qos == 0:
-                return info.rc == mqtt.MQTT_ERR_SUCCESS
+                return info.mid if info.rc == mqtt.MQTT_ERR_SUCCESS else None
             keep = resendable and self.settings.resend_window_s > 0
             # NO_CONN is fine for QoS > 0: paho keeps the message and sends it on reconnect.
             if info.mid in self._acked_early:
@@ -286,7 +290,18 @@ class Publisher(_Endpoint):
                     self._keep_acked(topic, body)
             else:
                 self._pending[info.mid] = (topic, body) if keep else None
-            return True
+            return info.mid
+
+    def wait_acked(self, mid: int, timeout: float) -> bool:
+        """True once the broker acknowledged message `mid` (at once for QoS 0); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while mid in self._pending:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._lock.wait(remaining)
+        return True
 
     def _keep_acked(self, topic: str, payload: bytes) -> None:
         """Remember an acknowledged record for the resend window (caller holds the lock)."""
@@ -356,8 +371,7 @@ class Publisher(_Endpoint):
                 kept = self._pending.pop(mid)
                 if kept is not None and not reason_code.is_failure:
                     self._keep_acked(*kept)
-                if not self._pending:
-                    self._lock.notify_all()
+                self._lock.notify_all()
             else:  # acknowledged before publish() got to record the mid
                 self._acked_early.add(mid)
 

@@ -232,6 +232,7 @@ class FrameJob:
     replica_retried: bool = False      # already re-sent to another replica of the same site
     bytes_sent: int = 0
     record: FrameRecord | None = None
+    receipt: Any = None                # what the record sink returned (the preprocessor: the MQTT message id)
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
     _claim: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -330,7 +331,7 @@ class Senders:
             thread.join(max(0.0, deadline - time.monotonic()))
 
 
-RecordSink = Callable[[FrameRecord], None]
+RecordSink = Callable[[FrameRecord], Any]
 SAME_SITE_RETRY = ("connection", "http_503")   # this replica cannot take the frame; another may
 
 
@@ -564,7 +565,7 @@ class Offloader:
         except Exception:
             log.exception("policy feedback failed for frame %s/%d", job.camera, job.frame_id)
         try:
-            self._sink(record)
+            job.receipt = self._sink(record)
         except Exception:
             log.exception("record sink failed for frame %s/%d", job.camera, job.frame_id)
         job._done.set()

@@ -297,10 +297,16 @@ def test_secret_references_match_the_templates_and_templates_hold_no_secret() ->
                 ref = entry.get("valueFrom", {}).get("secretKeyRef")
                 if ref:
                     referenced.setdefault(ref["name"], set()).add(ref["key"])
+        # A mounted Secret's keys are the files the container's configuration names under the mount:
+        # mosquitto.conf for the broker (passwd, the TLS files), the ConfigMaps for the units (the CA).
+        named = re.findall(r"\s(/\S+)", broker.k8s_config()) + list(config_map_env(deployment).values())
         for volume in pod_spec(deployment).get("volumes", []):
-            if "secret" in volume:  # the broker's: mosquitto.conf names <secret dir>/passwd
-                key = Path(re.search(r"^password_file (\S+)", broker.k8s_config(), re.M).group(1)).name
-                referenced.setdefault(volume["secret"]["secretName"], set()).add(key)
+            if "secret" in volume:
+                mount = next(m["mountPath"] for c in pod_spec(deployment)["containers"]
+                             for m in c.get("volumeMounts", []) if m["name"] == volume["name"]).rstrip("/")
+                keys = {Path(path).name for path in named if Path(path).parent == Path(mount)}
+                assert keys, f"{deployment['metadata']['name']}: nothing names a file of Secret volume {volume['name']}"
+                referenced.setdefault(volume["secret"]["secretName"], set()).update(keys)
     assert referenced == templates
     assert not [o for o in objects() if o["kind"] == "Secret"], "real Secrets must not be committed"
     # kubectl apply -f DIR reads only .json/.yaml/.yml files: templates stay out of it.
@@ -649,13 +655,14 @@ def test_network_policies_allow_exactly_the_needed_flows() -> None:
     prometheus = Endpoint("monitoring", {"app.kubernetes.io/name": "prometheus"})
     stranger = Endpoint("default", {"app": "curl"})
     newcomer = Endpoint(NAMESPACE, {"app": "something-new"})  # isolated by namespace.yml's default deny
-    allowed = [(pre, edge, 8080), (pre, cloud, 8080), (pre, brk, 1883), (web, brk, 1883), (pre, OUTSIDE, 6443),
+    allowed = [(pre, edge, 8080), (pre, cloud, 8080), (pre, brk, 8883), (web, brk, 8883), (pre, OUTSIDE, 6443),
                (OUTSIDE, pre, 8080), (OUTSIDE, web, 8080), (prometheus, edge, 8080), (prometheus, cloud, 8080)]
     denied = [(web, edge, 8080), (web, cloud, 8080), (OUTSIDE, edge, 8080), (stranger, cloud, 8080),
-              (OUTSIDE, brk, 1883), (stranger, brk, 1883), (edge, brk, 1883), (cloud, pre, 8080),
+              (OUTSIDE, brk, 8883), (stranger, brk, 8883), (edge, brk, 8883), (cloud, pre, 8080),
+              (pre, brk, 1883), (web, brk, 1883),  # no plaintext MQTT
               (brk, pre, 8080), (pre, OUTSIDE, 443), (edge, OUTSIDE, 80), (web, OUTSIDE, 443),
               (edge, OUTSIDE, 6443), (cloud, OUTSIDE, 6443), (web, OUTSIDE, 6443), (brk, OUTSIDE, 6443),
-              (pre, brk, 8080), (pre, edge, 22), (OUTSIDE, newcomer, 8080), (newcomer, brk, 1883)]
+              (pre, brk, 8080), (pre, edge, 22), (OUTSIDE, newcomer, 8080), (newcomer, brk, 8883)]
     for source, destination, port in allowed:
         assert flow_allowed(source, destination, port), f"blocked: {source} -> {destination}:{port}"
     for source, destination, port in denied:
@@ -681,6 +688,7 @@ def test_broker_deployment_mounts_what_the_config_names() -> None:
     mounts = {m["mountPath"].rstrip("/"): volumes[m["name"]] for m in container["volumeMounts"]}
     assert mounts[broker.K8S_CONFIG_DIR]["configMap"]["name"] == "broker-config"
     assert mounts[broker.K8S_SECRET_DIR]["secret"]["secretName"] == "broker-passwd"
+    assert mounts[broker.K8S_TLS_DIR]["secret"]["secretName"] == "broker-tls"
     claim = mounts[broker.K8S_DATA_DIR.rstrip("/")]["persistentVolumeClaim"]["claimName"]
     assert claim in of_kind("PersistentVolumeClaim")
     assert deployment["spec"]["strategy"]["type"] == "Recreate"  # one ReadWriteOnce volume

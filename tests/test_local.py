@@ -1,6 +1,8 @@
 """The local testbed: every unit comes up wired together, and nothing outlives it."""
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import signal
 import subprocess
@@ -186,3 +188,67 @@ def test_units_run_with_the_configmaps_settings_and_discover_replicas_like_on_ku
         assert state["edge"]["discovery"]["source"] == "kubernetes" and state["edge"]["replicas"] == 2
         assert state["edge"]["concurrency"] == 2 * per_replica
         assert sorted(b["name"] for b in state["edge"]["backends"]) == ["edge-inference-1", "edge-inference-2"]
+
+
+def _post_frame(testbed: Testbed, camera: str, frame: bytes) -> requests.Response:
+    return requests.post(testbed.preprocessor_url + "/process", params={"camera": camera, "wait": "1"},
+                         data=frame, headers={"Content-Type": "image/jpeg"}, timeout=30)
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_the_testbed_restarts_what_dies_and_reports_each_restart(tmp_path: Path, caplog) -> None:
+    """Issue 16: a killed broker, preprocessor or replica used to stay dead."""
+    caplog.set_level(logging.WARNING)
+    options = TestbedOptions(autoscale=False, workdir=str(tmp_path))
+    frame = sample_jpegs(SampleVideoSpec(frames_per_scene=1, scenes=("astronaut",)))[0]
+    with Testbed(options) as testbed:
+        statuses: list[dict] = []
+        watcher = Subscriber(testbed.mqtt_settings("monitor"), topics=("edgeoffload/status/autoscaler",),
+                             on_status=lambda _topic, status: statuses.append(status)).start()
+        try:
+            assert watcher.wait_subscribed(10)
+            broker_pid, preprocessor_pid = testbed.broker.process.pid, testbed.preprocessor.process.pid
+            edge = testbed.pools["edge"]
+            victim = edge.replicas[0]
+            for pid in (broker_pid, preprocessor_pid, victim.pid):
+                os.killpg(pid, signal.SIGKILL)
+            _wait_for(lambda: testbed.restarts["broker"] == 1 and testbed.restarts["preprocessor"] == 1
+                      and edge.restarts == 1 and edge.size == 1, 90, "the restarts")
+            assert testbed.broker.process.pid != broker_pid and testbed.preprocessor.process.pid != preprocessor_pid
+            assert [r.name for r in edge.replicas] != [victim.name]  # a new pod, not the old one back
+            _wait_for(lambda: requests.get(testbed.preprocessor_url + "/v2/health/ready", timeout=5).ok, 60,
+                      "the restarted preprocessor to be ready")
+            answer = _post_frame(testbed, "after-restarts", frame)
+            assert answer.status_code == 200 and answer.json()["status"] == "ok", answer.text
+            _wait_for(lambda: any(s.get("restarts", {}).get("edge-inference") == 1
+                                  and s["restarts"].get("broker") == 1 for s in statuses), 20, "the retained status")
+            rows = dict(testbed.scaling_rows())
+            assert "broker 1" in rows["restarts"] and "preprocessor 1" in rows["restarts"]
+            assert "edge-inference 1" in rows["restarts"] and "webserver 0" in rows["restarts"]
+            logged = caplog.text
+            assert "broker restarted (restart 1)" in logged and "preprocessor restarted (restart 1)" in logged
+            assert f"replica {victim.name} exited with -9" in logged
+        finally:
+            watcher.close()
+    assert not _wait_gone(_pids(tmp_path))
+
+
+def test_the_testbed_runs_its_broker_over_tls_only(tmp_path: Path, tls_files) -> None:
+    options = TestbedOptions(autoscale=False, broker_tls=tls_files, workdir=str(tmp_path))
+    frame = sample_jpegs(SampleVideoSpec(frames_per_scene=1, scenes=("astronaut",)))[0]
+    with Testbed(options) as testbed:
+        answer = _post_frame(testbed, "tls", frame)  # 200 only once the broker acknowledged the record
+        assert answer.status_code == 200 and answer.json()["status"] == "ok", answer.text
+        _wait_for(lambda: requests.get(testbed.web_url + "/healthz", timeout=5).json()["mqtt"]["connected"], 20,
+                  "the webserver's TLS connection")
+        assert f"mqtts://{testbed.broker.host}:{testbed.broker.port}" in testbed.describe()
+        assert f"--mqtt-cafile {Path(tls_files.cafile).resolve()}" in testbed.describe()
+        plaintext = dataclasses.replace(testbed.mqtt_settings("monitor"), cafile=None)
+        with Subscriber(plaintext) as refused:
+            assert not refused.wait_subscribed(2)

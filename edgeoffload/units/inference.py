@@ -8,7 +8,12 @@ Routes (KServe-v2-style health):
   GET  /v2/health/ready  200 once the model is loaded and has run once (warm-up), else 503
   GET  /metrics          Prometheus text format
 Errors are always JSON {"error": "..."}: 400 bad image, 413 too large, 415 not image/*,
-503 overloaded or not ready, 404/405 unknown route/method.
+503 overloaded (admission bound or decode budget) or not ready, 404/405 unknown route/method.
+
+Memory is bounded by design: a frame is decoded no larger than the model needs (JPEGs at
+1/2..1/8 scale while decoding; detectors that run on the frame as is see it fitted within
+INFER_MAX_SIDE), boxes are mapped back to the frame as sent, and frames are admitted by the
+bytes their decode holds (INFER_DECODE_BUDGET_MB per worker), not only by count.
 
 Each gunicorn worker loads its model in a background thread (so liveness answers at once)
 and builds one detector instance per serving thread. Admission is bounded per worker
@@ -29,12 +34,16 @@ from pathlib import Path
 
 import numpy as np
 from flask import Flask, Response, jsonify, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException
 
 from edgeoffload import metrics
 from edgeoffload.config import ConfigError, load_config
 from edgeoffload.detect import DetectorConfig, DetectorConfigError, DetectorPool, detector_factory
-from edgeoffload.frames import DEFAULT_MAX_PIXELS, FrameError, decode, is_image_type
+from edgeoffload.detect.decode import clip_box
+from edgeoffload.frames import (DEFAULT_MAX_PIXELS, DecodeBudget, DecodeBudgetFull, FrameError, checked_size, decode,
+                                decoded_bytes, fit_within, is_image_type, min_decode_budget_mb, unscale)
+from edgeoffload.records import Detection
+from edgeoffload.units.body import read_body
 
 ENV_PREFIX = "INFER_"
 SITES = ("edge", "cloud")
@@ -66,6 +75,8 @@ class InferenceConfig:
     performance_hint: str = ""              # OpenVINO: LATENCY | THROUGHPUT | ""
     max_body_bytes: int = 8 * 1024 * 1024
     max_pixels: int = DEFAULT_MAX_PIXELS    # decoded width x height limit (decompression bombs)
+    max_side: int = 1280                    # haar-face/hog-people run on the frame fitted within this
+    decode_budget_mb: int = 256             # decoded frame bytes held at once per worker (503 beyond)
     queue_bound: int = 4                    # requests admitted at once per worker process, more get 503
     instances: int = 0                      # detector instances per worker; 0 = min(queue_bound, $THREADS)
     warmup: bool = True                     # run once on a synthetic frame before reporting ready
@@ -79,9 +90,12 @@ class InferenceConfig:
         if self.site not in SITES:
             raise ConfigError(f"{ENV_PREFIX}SITE: expected one of {', '.join(SITES)}, got {self.site!r}")
         for name, low in (("max_body_bytes", 1), ("max_pixels", 1), ("queue_bound", 1), ("instances", 0),
-                          ("sleep_pad_ms", 0)):
+                          ("sleep_pad_ms", 0), ("max_side", 32), ("decode_budget_mb", 1)):
             if getattr(self, name) < low:
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()}: must be >= {low}, got {getattr(self, name)}")
+        if self.decode_budget_mb < (needed := min_decode_budget_mb(self.max_pixels)):
+            raise ConfigError(f"{ENV_PREFIX}DECODE_BUDGET_MB: must be >= {needed} to hold one frame of "
+                              f"{ENV_PREFIX}MAX_PIXELS={self.max_pixels}, got {self.decode_budget_mb}")
         if len(self.replica_name) > 253:
             raise ConfigError(f"{ENV_PREFIX}REPLICA_NAME: at most 253 characters")
 
@@ -92,6 +106,10 @@ class InferenceConfig:
             return DetectorConfig(**{f.name: getattr(self, f.name) for f in fields(self) if f.name in names})
         except DetectorConfigError as exc:
             raise ConfigError(f"{ENV_PREFIX}{exc.field.upper()}: {exc.detail}") from None
+
+    def working_size(self, model_input: tuple[int, int] | None) -> tuple[int, int]:
+        """The largest frame detection uses: the model's input, or max_side for the built-ins."""
+        return model_input or (self.max_side, self.max_side)
 
     def pool_size(self, threads: int | None = None) -> int:
         """Instances beyond queue_bound or the gunicorn thread count ($THREADS) would never be used."""
@@ -132,14 +150,13 @@ def warmup_frame(width: int = 640, height: int = 480) -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
-def read_body(limit: int) -> bytes:
-    """The request body, at most `limit` bytes; 413 for more, also when it arrives chunked."""
-    if request.content_length is not None:
-        return request.get_data(cache=False)  # Flask's MAX_CONTENT_LENGTH has checked the length
-    data = request.environ["wsgi.input"].read(limit + 1)  # chunked: no length to check up front
-    if len(data) > limit:
-        raise RequestEntityTooLarge(f"body exceeds {limit} bytes")
-    return data
+def in_frame(detections: list[Detection], shape: tuple[int, ...], size: tuple[int, int]) -> list[Detection]:
+    """Detections on a reduced image (`shape`) mapped back to the frame as sent (width, height)."""
+    height, width = shape[:2]
+    if (width, height) == size:
+        return detections
+    to_original = unscale(width / size[0], height / size[1])
+    return [Detection(d.label, d.score, clip_box(to_original(d.box), *size)) for d in detections]
 
 
 def _validate_files(config: InferenceConfig) -> None:
@@ -158,6 +175,7 @@ def create_app(config: InferenceConfig | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     holder = ModelHolder(config)
     admission = threading.BoundedSemaphore(config.queue_bound)
+    budget = DecodeBudget(config.decode_budget_mb << 20)
     site = config.site
     replica = config.replica_name or os.environ.get("HOSTNAME") or socket.gethostname()
     pad_s = config.sleep_pad_ms / 1000.0
@@ -183,13 +201,18 @@ def create_app(config: InferenceConfig | None = None) -> Flask:
         try:
             body = read_body(config.max_body_bytes)  # the upload is network time, not queueing
             admitted, cpu_started = time.perf_counter(), time.thread_time()
-            image = decode(body, config.max_pixels)
-            with holder.pool.borrow() as detector:
-                started = time.perf_counter()
-                detections = detector.detect(image)
-                if pad_s and (rest := pad_s - (time.perf_counter() - started)) > 0:
-                    time.sleep(rest)
-                elapsed = time.perf_counter() - started
+            size = checked_size(body, config.max_pixels)
+            working = config.working_size(holder.pool.input_size)
+            with budget.hold(decoded_bytes(body, config.max_pixels, working)):
+                image = decode(body, config.max_pixels, working)
+                if holder.pool.input_size is None:
+                    image = fit_within(image, config.max_side)
+                with holder.pool.borrow() as detector:
+                    started = time.perf_counter()
+                    detections = in_frame(detector.detect(image), image.shape, size)
+                    if pad_s and (rest := pad_s - (time.perf_counter() - started)) > 0:
+                        time.sleep(rest)
+                    elapsed = time.perf_counter() - started
             metrics.INFERENCE_SECONDS.labels(site, holder.pool.name).observe(elapsed)
             # queue_ms: time in this unit from the whole body being read to inference starting
             # (decode, waiting for a model instance), so the caller can split its round trip.
@@ -198,6 +221,8 @@ def create_app(config: InferenceConfig | None = None) -> Flask:
                            cpu_ms=round((time.thread_time() - cpu_started) * 1000.0, 3), replica=replica)
         except FrameError as exc:
             return error(400, str(exc), "bad_image")
+        except DecodeBudgetFull as exc:
+            return error(503, f"overloaded: {exc}", "overloaded")
         finally:
             in_flight.dec()
             admission.release()

@@ -19,9 +19,9 @@ from edgeoffload.config import ConfigError, load_config
 from edgeoffload.detect import DetectorConfig, load_detector
 from edgeoffload.detect.builtin import DEFAULT_FACE_CASCADE
 from edgeoffload.detect.testmodels import make_openvino_model
-from edgeoffload.frames import decode
+from edgeoffload.frames import checked_size, decode
 from edgeoffload.serve import start_unit
-from edgeoffload.units.inference import InferenceConfig, create_app
+from edgeoffload.units.inference import InferenceConfig, create_app, in_frame
 
 MAX_BODY = 1024 * 1024
 JPEG = {"Content-Type": "image/jpeg"}
@@ -143,28 +143,34 @@ def test_unknown_route_and_method_are_json(haar_server):
     assert missing.json()["error"] and wrong_method.json()["error"]
 
 
-def test_503_when_the_admission_bound_is_reached(haar_server, astronaut_jpeg):
-    """Hold the only admission slot with a request whose body is still arriving, then knock."""
-    parts = urlsplit(haar_server.url)
-    held = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
-    try:
-        held.putrequest("POST", "/infer")
-        held.putheader("Content-Type", "image/jpeg")
-        held.putheader("Content-Length", str(len(astronaut_jpeg)))
-        held.endheaders(message_body=astronaut_jpeg[:1000])
-        in_flight = lambda: sample(metric_samples(haar_server.url), "edgeoffload_inference_in_flight", site="edge")
-        wait_for(lambda: in_flight() == 1, what="the held request to be admitted")
-
-        refused = requests.post(haar_server.url + "/infer", data=astronaut_jpeg, headers=JPEG, timeout=10)
-        assert refused.status_code == 503 and "overloaded" in refused.json()["error"]
-
-        held.send(astronaut_jpeg[1000:])
-        answer = held.getresponse()
-        assert answer.status == 200
-        assert b'"label":"face"' in answer.read()
-    finally:
-        held.close()
-    assert requests.post(haar_server.url + "/infer", data=astronaut_jpeg, headers=JPEG, timeout=10).status_code == 200
+def test_503_when_the_admission_bound_is_reached(astronaut_jpeg):
+    """One admission slot, held by a request that is being inferred (1.5 s each): a second gets 503.
+    A request whose body is still arriving does not hold the slot: the worker admits only
+    requests that have fully arrived (edgeoffload.units.buffered_worker)."""
+    with start_unit("inference", env={"INFER_KIND": "haar-face", "INFER_QUEUE_BOUND": "1",
+                                      "INFER_SLEEP_PAD_MS": "1500"}, threads=4) as unit:
+        parts = urlsplit(unit.url)
+        half_sent = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        try:
+            half_sent.putrequest("POST", "/infer")
+            half_sent.putheader("Content-Type", "image/jpeg")
+            half_sent.putheader("Content-Length", str(len(astronaut_jpeg)))
+            half_sent.endheaders(message_body=astronaut_jpeg[:1000])
+            held: list[int] = []
+            holder = threading.Thread(target=lambda: held.append(requests.post(
+                unit.url + "/infer", data=astronaut_jpeg, headers=JPEG, timeout=10).status_code))
+            holder.start()
+            in_flight = lambda: sample(metric_samples(unit.url), "edgeoffload_inference_in_flight", site="edge")
+            wait_for(lambda: in_flight() == 1, what="the second request to be admitted")
+            refused = requests.post(unit.url + "/infer", data=astronaut_jpeg, headers=JPEG, timeout=10)
+            assert refused.status_code == 503 and "overloaded" in refused.json()["error"]
+            holder.join(10)
+            assert held == [200]
+            half_sent.send(astronaut_jpeg[1000:])
+            answer = half_sent.getresponse()
+            assert answer.status == 200 and b'"label":"face"' in answer.read()
+        finally:
+            half_sent.close()
 
 
 def test_metrics_count_requests_failures_and_inference_time(haar_server, astronaut_jpeg):
@@ -232,6 +238,8 @@ def test_bad_config_stops_the_server_naming_the_variable():
     ({"INFER_CONF_THRESHOLD": "2"}, "INFER_CONF_THRESHOLD"),
     ({"INFER_QUEUE_BOUND": "lots"}, "INFER_QUEUE_BOUND"),
     ({"INFER_QUEUE_BOUND": "0"}, "INFER_QUEUE_BOUND"),
+    ({"INFER_DECODE_BUDGET_MB": "64"}, "INFER_DECODE_BUDGET_MB: must be >= 96 to hold one frame of INFER_MAX_PIXELS"),
+    ({"INFER_MAX_SIDE": "8"}, "INFER_MAX_SIDE"),
     ({"INFER_KIND": "darknet", "INFER_MODEL_PATH": "/nonexistent.weights", "INFER_CONFIG_PATH": "/x.cfg"},
      "INFER_MODEL_PATH"),
 ])
@@ -244,7 +252,11 @@ def served_matches_in_process(unit, jpeg: bytes, config: DetectorConfig) -> list
     response = requests.post(unit.url + "/infer", data=jpeg, headers=JPEG, timeout=30)
     assert response.status_code == 200, response.text
     served = response.json()["detections"]
-    expected = [d.to_dict() for d in load_detector(config).detect(decode(jpeg))]
+    # What the unit does: decode no larger than the model's input, detect, map back to the frame.
+    detector = load_detector(config)
+    image = decode(jpeg, at_least=detector.input_size)
+    detected = in_frame(detector.detect(image), image.shape, checked_size(jpeg))
+    expected = [d.to_dict() for d in detected]
     assert served and [d["label"] for d in served] == [d["label"] for d in expected]
     assert np.allclose([d["box"] for d in served], [d["box"] for d in expected], atol=0.2)
     return served

@@ -1,6 +1,7 @@
 """EdgePreprocessorUnit end to end: real Mosquitto, real inference units (gunicorn, Haar faces)."""
 from __future__ import annotations
 
+import io
 import threading
 import time
 from collections import Counter
@@ -21,7 +22,8 @@ from edgeoffload.messaging import MQTTSettings, Subscriber
 from edgeoffload.policy import Observation, SiteState, load_policy
 from edgeoffload.records import FrameRecord
 from edgeoffload.serve import UnitProcess, start_unit
-from edgeoffload.units.preprocessor import FramePreparer, PreprocessorConfig, create_app
+from edgeoffload.units.preprocessor import (CameraSlots, FramePreparer, PreprocessorConfig, TooManyCameras,
+                                            create_app)
 
 REPO = Path(__file__).resolve().parents[2]
 JPEG = "image/jpeg"
@@ -243,6 +245,9 @@ def test_requests_that_are_not_frames_are_refused_without_a_record(running, reco
         assert answer.status_code == 400 and "camera" in answer.get_json()["error"]
     assert unit.post("refused", astronaut_jpeg, content_type="text/plain").status_code == 415
     assert unit.post("refused", astronaut_jpeg, frame_id="-1").status_code == 400
+    unicode_digit = unit.post("refused", astronaut_jpeg, frame_id="\u00b2")  # str.isdigit() says yes, int() no
+    assert unicode_digit.status_code == 400
+    assert unicode_digit.get_json()["error"] == "frame_id must be an integer 0..9223372036854775807, got '\u00b2'"
     too_large = unit.post("refused", astronaut_jpeg)
     assert too_large.status_code == 413 and "error" in too_large.get_json()
     assert unit.client.get("/nope").get_json()["error"]
@@ -254,27 +259,74 @@ def test_camera_ids_are_bounded(running, records: Records, astronaut_jpeg: bytes
     unit = running(policy="edge-only", max_cameras=1)
     assert unit.post("only-cam", astronaut_jpeg).status_code == 202
     refused = unit.post("second-cam", astronaut_jpeg)
-    assert refused.status_code == 429 and "cameras" in refused.get_json()["error"]
+    assert refused.status_code == 429 and "camera slots" in refused.get_json()["error"]
     assert unit.post("only-cam", astronaut_jpeg).status_code == 202
     assert [r.frame_id for r in records.wait_for("only-cam", 2)] == [0, 1]
     assert records.of("second-cam") == []
 
 
+def test_junk_frames_take_no_camera_slot(running, records: Records, astronaut_jpeg: bytes) -> None:
+    """Issue 16: 1,023 rejected junk requests used to fill the 1,024 slots for good."""
+    unit = running(policy="edge-only", max_cameras=3)
+    for index in range(20):
+        junk = unit.post(f"junk-{index}", b"\xff\xd8 not a jpeg")
+        assert junk.status_code == 400 and "record" not in junk.get_json()
+    assert len(unit.service.cameras) == 0
+    for camera in ("a", "b", "c"):
+        assert unit.post(camera, astronaut_jpeg).status_code == 202
+    assert unit.post("d", astronaut_jpeg).status_code == 429
+    time.sleep(0.3)
+    assert all(records.of(f"junk-{index}") == [] for index in range(20))
+
+
+def test_camera_slots_age_out_least_recently_used_first() -> None:
+    now = [0.0]
+    slots = CameraSlots(capacity=2, idle_s=60.0, clock=lambda: now[0])
+    assert [slots.assign("a"), slots.assign("b"), slots.assign("a")] == [0, 0, 1]
+    now[0] = 59.0
+    with pytest.raises(TooManyCameras):
+        slots.assign("c")
+    now[0] = 61.0  # b (last used at 0) is idle long enough, a (used at 0 too, but later) goes after it
+    slots.check_room("c")
+    assert slots.assign("c") == 0 and not slots.has("b") and slots.has("a")
+    assert slots.assign("a") == 2
+    now[0] = 200.0
+    assert slots.assign("b", requested=7) == 7 and not slots.has("c")
+    assert slots.assign("b") == 8 and len(slots) == 2
+
+
+def test_a_chunked_body_over_the_limit_gets_413(running, records: Records, astronaut_jpeg: bytes) -> None:
+    """A chunked body has no Content-Length to check: it used to be cut at the limit and answered 400."""
+    unit = running(policy="edge-only", max_body_bytes=len(astronaut_jpeg) - 1)
+    answer = unit.client.post("/process", query_string={"camera": "chunked"}, content_type=JPEG,
+                              input_stream=io.BytesIO(astronaut_jpeg),
+                              environ_overrides={"wsgi.input_terminated": True})
+    assert answer.status_code == 413 and "exceeds" in answer.get_json()["error"]
+    within = running(policy="edge-only", max_body_bytes=len(astronaut_jpeg))
+    answer = within.client.post("/process", query_string={"camera": "chunked", "wait": "1"}, content_type=JPEG,
+                                input_stream=io.BytesIO(astronaut_jpeg),
+                                environ_overrides={"wsgi.input_terminated": True})
+    assert answer.status_code == 200 and answer.get_json()["status"] == "ok"
+
+
 def test_corrupt_frame_gets_400_and_an_error_record_and_service_continues(running, records: Records,
                                                                           astronaut_jpeg: bytes) -> None:
     unit = running(policy="edge-only")
+    unknown = unit.post("corrupt", b"\xff\xd8\xff\xe0 definitely not a jpeg", wait=True)
+    assert unknown.status_code == 400 and "record" not in unknown.get_json()  # no slot: refused, no record
+    assert unit.post("corrupt", astronaut_jpeg, wait=True).get_json()["frame_id"] == 0
     bad = unit.post("corrupt", b"\xff\xd8\xff\xe0 definitely not a jpeg", wait=True)
     assert bad.status_code == 400
     body = bad.get_json()
-    assert body["frame_id"] == 0 and body["record"]["status"] == "error"
+    assert body["frame_id"] == 1 and body["record"]["status"] == "error"
     truncated = unit.post("corrupt", astronaut_jpeg[: len(astronaut_jpeg) // 3])
     assert truncated.status_code in (200, 202, 400)  # libjpeg may decode a truncated frame partially
     good = unit.post("corrupt", astronaut_jpeg, wait=True)
     assert good.status_code == 200 and good.get_json()["status"] == "ok"
-    published = records.wait_for("corrupt", 3)
-    assert [r.frame_id for r in published] == [0, 1, 2]
-    assert published[0].status == "error" and published[0].site == "none"
-    assert published[0].reason.startswith("bad_frame:")
+    published = records.wait_for("corrupt", 4)
+    assert [r.frame_id for r in published] == [0, 1, 2, 3]
+    assert published[1].status == "error" and published[1].site == "none"
+    assert published[1].reason.startswith("bad_frame:")
     assert "bad_frame" in unit.client.get("/metrics").get_data(as_text=True)
 
 
@@ -454,7 +506,7 @@ def test_stays_ready_while_the_broker_is_away_until_its_record_buffer_is_full(fr
         ready = unit.client.get("/v2/health/ready")
         assert ready.status_code == 200 and ready.get_json()["mqtt_connected"] is False
         accepted = 0
-        while (answer := unit.post("buffered", astronaut_jpeg, wait=True)).status_code == 200:
+        while (answer := unit.post("buffered", astronaut_jpeg)).status_code == 202:
             accepted += 1
             assert accepted <= 6
         assert answer.status_code == 503 and "record buffer full" in answer.get_json()["error"]
@@ -462,7 +514,7 @@ def test_stays_ready_while_the_broker_is_away_until_its_record_buffer_is_full(fr
         assert not_ready.status_code == 503 and "record buffer full" in not_ready.get_json()["error"]
         assert accepted >= 5 and unit.service.publisher.stats().dropped == 0   # nothing accepted was lost
         fresh_broker.start()
-        assert unit.service.publisher.flush(WAIT)
+        assert unit.service.offloader.wait_idle(WAIT) and unit.service.publisher.flush(WAIT)
         assert unit.client.get("/v2/health/ready").status_code == 200
     finally:
         unit.close()
