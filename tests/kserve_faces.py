@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import uuid
 
 import numpy as np
 from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer
@@ -62,7 +63,8 @@ class Faces(Model):
         outputs[0].set_data_from_numpy(boxes, binary_data=False)
         outputs[1].set_data_from_numpy(np.array([d.score for d in detections], dtype=np.float32), binary_data=False)
         outputs[2].set_data_from_numpy(np.zeros(len(detections), dtype=np.int32), binary_data=False)
-        return InferResponse(model_name=self.name, infer_outputs=outputs, response_id=payload.id)
+        # KServe's REST layer insists on a response id, which the protocol leaves optional
+        return InferResponse(model_name=self.name, infer_outputs=outputs, response_id=payload.id or str(uuid.uuid4()))
 
 
 if __name__ == "__main__":
