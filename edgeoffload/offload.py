@@ -677,5 +677,5 @@ def probe_ready(session: requests.Session, base_url: str, path: str = NATIVE.rea
 
 
 __all__ = ["EDGE", "CLOUD", "identity_box", "SiteConfig", "SiteMonitor", "InferenceAnswer", "InferenceFailure", "FrameJob",
-           "SiteQueue", "Offloader", "SiteProtocol", "NativeProtocol", "V2Protocol", "NATIVE", "post_frame", "send_request", "base_path",
-           "probe_ready", "new_session"]
+           "SiteQueue", "Offloader", "SiteProtocol", "NativeProtocol", "V2Protocol", "NATIVE", "post_frame",
+           "send_request", "base_path", "probe_ready", "new_session"]

@@ -259,7 +259,8 @@ def detection_response(model: str, request: Message, detections: Sequence[Detect
     head: dict[str, Any] = {"model_name": model, "model_version": MODEL_VERSION, "parameters": dict(parameters)}
     if isinstance(request.head.get("id"), str):
         head["id"] = request.head["id"][:256]
-    return encode(head, "outputs", (replace(outputs[name], binary=binary) for name, binary in requested_outputs(request)))
+    chosen = (replace(outputs[name], binary=binary) for name, binary in requested_outputs(request))
+    return encode(head, "outputs", chosen)
 
 
 def _parameters(entry: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -350,7 +350,7 @@ def test_v2_infer_finds_what_infer_finds(haar_server, astronaut_jpeg, binary):
     parameters = answer.head["parameters"]
     assert parameters["replica"] == "haar-unit-1" and parameters["inference_ms"] > 0
     assert 0 <= parameters["queue_ms"] and 0 < parameters["cpu_ms"]
-    assert [t.name for t in answer.tensors] == ["boxes", "scores", "labels"] and not any(t.binary for t in answer.tensors)
+    assert [(t.name, t.binary) for t in answer.tensors] == [("boxes", False), ("scores", False), ("labels", False)]
     [face] = native["detections"]
     assert answer.tensor("labels").values == (b"face",) and answer.tensor("boxes").shape == (1, 4)
     assert np.allclose(answer.tensor("boxes").values, face["box"], atol=0.1)

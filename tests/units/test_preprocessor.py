@@ -15,6 +15,7 @@ from skimage import data
 
 from edgeoffload.broker import RESULTS_TOPIC, BrokerProcess
 from edgeoffload.config import ConfigError, load_config
+from edgeoffload.endpointslices import EndpointSliceServer, EndpointSliceStore
 from edgeoffload.frames import decode
 from edgeoffload.load.sample_video import SampleVideoSpec, write_video
 from edgeoffload.messaging import MQTTSettings, Subscriber
@@ -171,6 +172,20 @@ def test_each_site_has_its_protocol() -> None:
 def test_protocol_errors_name_the_variable(env: dict[str, str], error: str) -> None:
     with pytest.raises(ConfigError, match=error):
         load_config(PreprocessorConfig, "PRE_", env=env)
+
+
+def test_a_discovered_service_may_live_in_another_namespace_behind_a_named_port(tmp_path: Path) -> None:
+    store = EndpointSliceStore("edgeoffload")
+    with EndpointSliceServer(store) as api:
+        config = load_config(PreprocessorConfig, "PRE_", env={
+            "PRE_EDGE_URL": "http://edge-inference:8080", "PRE_EDGE_DISCOVERY": "kubernetes",
+            "PRE_CLOUD_DISCOVERY": "kubernetes",
+            "PRE_CLOUD_SERVICE": "models/triton", "PRE_CLOUD_PORT_NAME": "http-triton", "PRE_NAMESPACE": "edgeoffload",
+            "PRE_KUBECONFIG": str(api.write_kubeconfig(tmp_path / "kubeconfig"))})
+        sources = config.replica_sources()
+    edge, cloud = sources["edge"], sources["cloud"]
+    assert (edge.namespace, edge.service, edge.port_name) == ("edgeoffload", "edge-inference", "http")
+    assert (cloud.namespace, cloud.service, cloud.port_name) == ("models", "triton", "http-triton")
 
 
 def test_frame_preparer_resizes_and_maps_boxes_back() -> None:
