@@ -49,7 +49,9 @@ from edgeoffload.frames import (DEFAULT_MAX_PIXELS, DecodeBudget, DecodeBudgetFu
                                 decoded_bytes, encode_jpeg, fit_within, is_image_type, letterbox, min_decode_budget_mb,
                                 unscale)
 from edgeoffload.messaging import MQTTSettings, Publisher
-from edgeoffload.offload import CLOUD, EDGE, Box, FrameJob, Offloader, SiteConfig, identity_box
+from edgeoffload.offload import (CLOUD, EDGE, NATIVE, Box, FrameJob, Offloader, SiteConfig, SiteProtocol, V2Protocol,
+                                 identity_box)
+from edgeoffload.openinference import DetectionMapping
 from edgeoffload.policy import Policy, load_policy
 from edgeoffload.records import FrameRecord
 from edgeoffload.sources import FrameSource, parse_sources, valid_camera
@@ -83,8 +85,10 @@ class PreprocessorConfig:
     # unit, a server elsewhere) or "kubernetes" (the ready endpoints of a Service, watched).
     edge_discovery: str = "static"
     cloud_discovery: str = "static"
-    edge_service: str = ""                   # Service to watch; default: the URL's host name
+    edge_service: str = ""                   # Service to watch ([NAMESPACE/]NAME); default: the URL's host name
     cloud_service: str = ""
+    edge_port_name: str = "http"             # the Service port (by name) whose endpoints take the requests
+    cloud_port_name: str = "http"
     namespace: str = ""                      # of those Services; default: this pod's namespace
     kubeconfig: str | None = None            # outside a cluster: the API server to ask (local testbed)
     # Requests at once per ready replica: the inference unit's admission bound (INFER_QUEUE_BOUND
@@ -94,6 +98,19 @@ class PreprocessorConfig:
     max_in_flight_per_site: int = 256        # requests at once per site, whatever the replicas
     edge_replicas: int = 1                   # replicas assumed behind a static URL (discovery counts them)
     cloud_replicas: int = 1
+    # How to ask each site: "edgeoffload" (a unit's POST /infer) or "v2" (the Open Inference
+    # Protocol: Triton, OVMS, KServe, MLServer, or a unit's /v2 routes), then naming the model,
+    # optionally its tensors (`input=..,input_type=BYTES|UINT8,boxes=..,scores=..,labels=..,
+    # box_format=xywh|xyxy,version=..`; edgeoffload.openinference.DetectionMapping), and
+    # whether to send the image as binary tensor data (else JSON, the image as base64 text).
+    edge_protocol: str = "edgeoffload"
+    cloud_protocol: str = "edgeoffload"
+    edge_v2_model: str = ""
+    cloud_v2_model: str = ""
+    edge_v2_mapping: str = ""
+    cloud_v2_mapping: str = ""
+    edge_v2_binary: bool = True
+    cloud_v2_binary: bool = True
     edge_service_ms: float = 80.0            # initial estimates, replaced by measurements
     cloud_service_ms: float = 80.0
     cloud_rtt_ms: float = 40.0
@@ -144,6 +161,8 @@ class PreprocessorConfig:
             if getattr(self, f"{site}_discovery") not in DISCOVERY_KINDS:
                 raise ConfigError(f"{ENV_PREFIX}{site.upper()}_DISCOVERY: must be one of {', '.join(DISCOVERY_KINDS)}, "
                                   f"got {getattr(self, f'{site}_discovery')!r}")
+        for site in ("edge", "cloud"):
+            self.site_protocol(site)
         if self.deadline_ms is not None and not self.deadline_ms > 0:
             raise ConfigError(f"{ENV_PREFIX}DEADLINE_MS: must be > 0 (or none), got {self.deadline_ms}")
         if self.input_size is not None and (len(self.input_size) != 2 or min(self.input_size) < 16):
@@ -153,16 +172,33 @@ class PreprocessorConfig:
         except ValueError as exc:
             raise ConfigError(f"{ENV_PREFIX}SOURCES: {exc}") from None
 
+    def site_protocol(self, site: str) -> SiteProtocol:
+        """How the preprocessor asks `site`; ConfigError names the setting that is wrong."""
+        protocol, variable = getattr(self, f"{site}_protocol"), f"{ENV_PREFIX}{site.upper()}"
+        if protocol == NATIVE.name:
+            return NATIVE
+        if protocol != V2Protocol.name:
+            raise ConfigError(f"{variable}_PROTOCOL: must be {NATIVE.name} or {V2Protocol.name}, got {protocol!r}")
+        model = getattr(self, f"{site}_v2_model")
+        if not model:
+            raise ConfigError(f"{variable}_V2_MODEL: the model to ask is required with {variable}_PROTOCOL=v2")
+        try:
+            return V2Protocol(DetectionMapping.parse(model, getattr(self, f"{site}_v2_mapping"),
+                                                     binary=getattr(self, f"{site}_v2_binary")))
+        except ValueError as exc:
+            setting = "MODEL" if str(exc).startswith("model:") else "MAPPING"
+            raise ConfigError(f"{variable}_V2_{setting}: {exc}") from None
+
     def site_configs(self) -> tuple[SiteConfig, SiteConfig]:
         common = dict(queue_size=self.queue_size, max_in_flight=self.max_in_flight_per_site,
                       timeout_s=self.request_timeout_s)
         edge = SiteConfig(EDGE, self.edge_url, replicas=self.edge_replicas, service_s=self.edge_service_ms / 1000,
                           per_replica=self.edge_replica_concurrency, rtt_s=0.0, uplink_bps=math.inf,
-                          **common)  # type: ignore[arg-type]
+                          protocol=self.site_protocol(EDGE), **common)  # type: ignore[arg-type]
         cloud = SiteConfig(CLOUD, self.cloud_url, replicas=self.cloud_replicas, service_s=self.cloud_service_ms / 1000,
                            per_replica=self.cloud_replica_concurrency, rtt_s=self.cloud_rtt_ms / 1000,
                            uplink_bps=self.cloud_uplink_mbps * 1e6, estimate_uplink=True,
-                           **common)  # type: ignore[arg-type]
+                           protocol=self.site_protocol(CLOUD), **common)  # type: ignore[arg-type]
         return edge, cloud
 
     def replica_sources(self) -> dict[str, ReplicaSource]:
@@ -180,8 +216,9 @@ class PreprocessorConfig:
                     raise ConfigError(f"{ENV_PREFIX}{site.upper()}_DISCOVERY=kubernetes: cannot reach the Kubernetes "
                                       f"API ({type(exc).__name__}: {str(exc)[:200]}); run in a pod with the "
                                       f"preprocessor ServiceAccount or set {ENV_PREFIX}KUBECONFIG") from None
-            service = getattr(self, f"{site}_service") or service_of(url)
-            sources[site] = EndpointSliceWatch(api_client, self.namespace or pod_namespace(), service,
+            namespace, _, service = (getattr(self, f"{site}_service") or service_of(url)).rpartition("/")
+            sources[site] = EndpointSliceWatch(api_client, namespace or self.namespace or pod_namespace(), service,
+                                               port_name=getattr(self, f"{site}_port_name"),
                                                scheme=urlsplit(url).scheme)
         return sources
 

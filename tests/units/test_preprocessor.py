@@ -16,9 +16,11 @@ from skimage import data
 
 from edgeoffload.broker import RESULTS_TOPIC, BrokerProcess
 from edgeoffload.config import ConfigError, load_config
+from edgeoffload.endpointslices import EndpointSliceServer, EndpointSliceStore
 from edgeoffload.frames import decode
 from edgeoffload.load.sample_video import SampleVideoSpec, write_video
 from edgeoffload.messaging import MQTTSettings, Subscriber
+from edgeoffload.openinference import DetectionMapping
 from edgeoffload.policy import Observation, SiteState, load_policy
 from edgeoffload.records import FrameRecord
 from edgeoffload.serve import UnitProcess, start_unit
@@ -150,6 +152,44 @@ def test_config_from_environment() -> None:
             load_config(PreprocessorConfig, "PRE_", env=bad)
 
 
+def test_each_site_has_its_protocol() -> None:
+    config = load_config(PreprocessorConfig, "PRE_", env={
+        "PRE_CLOUD_PROTOCOL": "v2", "PRE_CLOUD_V2_MODEL": "yolo", "PRE_CLOUD_V2_MAPPING": "box_format=xyxy, version=3",
+        "PRE_CLOUD_V2_BINARY": "no"})
+    edge, cloud = config.site_configs()
+    assert edge.protocol.name == "edgeoffload" and edge.protocol.infer_path == "/infer"
+    assert cloud.protocol.name == "v2" and cloud.protocol.infer_path == "/v2/models/yolo/versions/3/infer"
+    assert cloud.protocol.mapping == DetectionMapping("yolo", version="3", box_format="xyxy", binary=False)
+
+
+@pytest.mark.parametrize("env, error", [
+    ({"PRE_CLOUD_PROTOCOL": "grpc"}, "PRE_CLOUD_PROTOCOL: must be edgeoffload or v2"),
+    ({"PRE_EDGE_PROTOCOL": "v2"}, "PRE_EDGE_V2_MODEL: the model to ask is required"),
+    ({"PRE_EDGE_PROTOCOL": "v2", "PRE_EDGE_V2_MODEL": "../admin"}, "PRE_EDGE_V2_MODEL: model: expected"),
+    ({"PRE_CLOUD_PROTOCOL": "v2", "PRE_CLOUD_V2_MODEL": "m", "PRE_CLOUD_V2_MAPPING": "boxes=detection boxes"},
+     "PRE_CLOUD_V2_MAPPING: boxes: expected"),
+    ({"PRE_CLOUD_PROTOCOL": "v2", "PRE_CLOUD_V2_MODEL": "m", "PRE_CLOUD_V2_MAPPING": "nms=0.5"},
+     "PRE_CLOUD_V2_MAPPING: 'nms=0.5': expected key=value"),
+])
+def test_protocol_errors_name_the_variable(env: dict[str, str], error: str) -> None:
+    with pytest.raises(ConfigError, match=error):
+        load_config(PreprocessorConfig, "PRE_", env=env)
+
+
+def test_a_discovered_service_may_live_in_another_namespace_behind_a_named_port(tmp_path: Path) -> None:
+    store = EndpointSliceStore("edgeoffload")
+    with EndpointSliceServer(store) as api:
+        config = load_config(PreprocessorConfig, "PRE_", env={
+            "PRE_EDGE_URL": "http://edge-inference:8080", "PRE_EDGE_DISCOVERY": "kubernetes",
+            "PRE_CLOUD_DISCOVERY": "kubernetes",
+            "PRE_CLOUD_SERVICE": "models/triton", "PRE_CLOUD_PORT_NAME": "http-triton", "PRE_NAMESPACE": "edgeoffload",
+            "PRE_KUBECONFIG": str(api.write_kubeconfig(tmp_path / "kubeconfig"))})
+        sources = config.replica_sources()
+    edge, cloud = sources["edge"], sources["cloud"]
+    assert (edge.namespace, edge.service, edge.port_name) == ("edgeoffload", "edge-inference", "http")
+    assert (cloud.namespace, cloud.service, cloud.port_name) == ("models", "triton", "http-triton")
+
+
 def test_frame_preparer_resizes_and_maps_boxes_back() -> None:
     image = np.zeros((720, 1280, 3), np.uint8)
     fitted = FramePreparer(max_side=640).from_image(image)
@@ -224,6 +264,22 @@ def test_frames_flow_to_both_sites_and_reach_the_webserver(running, records: Rec
     assert 'edgeoffload_preprocessor_policy_info{policy="alternate"} 1.0' in text
     assert 'edgeoffload_preprocessor_decisions_total{site="cloud"}' in text
     assert "edgeoffload_preprocessor_latency_seconds_bucket" in text
+
+
+def test_a_site_asked_over_the_open_inference_protocol(running, records: Records, astronaut_jpeg: bytes) -> None:
+    """The cloud unit's /v2 routes instead of /infer: same detections, timings and replica, same records."""
+    unit = running(policy="alternate", cloud_protocol="v2", cloud_v2_model="haar-face")
+    bodies = [FrameRecord.from_dict(unit.post("v2", astronaut_jpeg, wait=True).get_json()) for _ in range(2)]
+    edge, cloud = bodies
+    assert (edge.site, edge.model, cloud.site, cloud.model) == ("edge", "edge/haar-face", "cloud", "haar-face")
+    assert cloud.status == "ok" and cloud.replica == edge.replica != ""         # both units run on this host
+    assert cloud.t_inference_ms > 0 and cloud.t_network_ms > 0                   # the unit's timings split the trip
+    assert [d.label for d in cloud.detections] == [d.label for d in edge.detections] == ["face"]
+    assert np.allclose([d.box for d in cloud.detections], [d.box for d in edge.detections], atol=0.1)
+    assert records.wait_for("v2", 2) == bodies
+    state = unit.client.get("/api/state").get_json()
+    assert (state["edge"]["protocol"], state["cloud"]["protocol"]) == ("edgeoffload", "v2")
+    assert state["cloud"]["answered"] == 1 and state["cloud"]["healthy"] is True
 
 
 def test_async_requests_answer_202_and_are_published(running, records: Records, astronaut_jpeg: bytes) -> None:
