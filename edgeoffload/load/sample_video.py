@@ -1,9 +1,14 @@
-"""Real frames without any download: a panning "video" over images shipped with scikit-image.
+"""Real frames without any download: panning "videos" over images shipped with scikit-image.
 
-The demo, the replay and the tests need realistic JPEG frames (a face for the Haar
+The demo, the replay and the tests need realistic JPEG frames (faces for the Haar
 detector, textures for realistic sizes), but the testbed must run offline. scikit-image
 ships a few photographs in its wheel (astronaut, coffee, chelsea, rocket); a camera-like
 sequence is made by sliding a fixed-size window across each of them in turn.
+
+Two named sequences: `sample` pans over the photographs as they are (one face in four
+scenes; the sim-vs-real experiments were measured on it, so its bytes never change), and
+`faces` pans over the same backdrops with the astronaut's face composed into every scene,
+so the shipped face detector has something to find in nearly every frame (the demo's).
 
 Frame sources used by the replay are also here: the sample video, a folder of images,
 or any video file OpenCV can read. All hand out already-encoded JPEG bytes.
@@ -65,9 +70,18 @@ def scene_image(name: str) -> np.ndarray:
 
 def pan_frames(image: np.ndarray, spec: SampleVideoSpec) -> list[np.ndarray]:
     """`frames_per_scene` windows of spec.width x spec.height sliding diagonally across `image`."""
+    return pan_windows(cover_pan(image, spec), spec)
+
+
+def cover_pan(image: np.ndarray, spec: SampleVideoSpec) -> np.ndarray:
+    """`image` scaled to cover the frame plus the pan margin (the canvas the camera pans over)."""
     height, width = image.shape[:2]
     scale = max(spec.width / width, spec.height / height) * (1.0 + spec.pan_margin)
-    scene = cv2.resize(image, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(image, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_LINEAR)
+
+
+def pan_windows(scene: np.ndarray, spec: SampleVideoSpec) -> list[np.ndarray]:
+    """`frames_per_scene` windows sliding from the canvas's top-left corner to its bottom-right."""
     room_x, room_y = scene.shape[1] - spec.width, scene.shape[0] - spec.height
     steps = np.linspace(0.0, 1.0, spec.frames_per_scene) if spec.frames_per_scene > 1 else np.array([0.5])
     return [np.ascontiguousarray(scene[round(room_y * s):round(room_y * s) + spec.height,
@@ -135,6 +149,67 @@ def sample_source(spec: SampleVideoSpec = SampleVideoSpec()) -> CyclicFrames:
     return CyclicFrames(tuple(sample_jpegs(spec)))
 
 
+@dataclass(frozen=True, slots=True)
+class FaceScene:
+    """A face cut from a shipped photograph, pasted onto a shipped backdrop, filmed panning.
+
+    `height` is the face's height as a fraction of the frame's; the face sits where every
+    window of the pan sees it, so it drifts across the frame as the camera moves."""
+
+    backdrop: str
+    height: float = 0.45
+    mirrored: bool = False
+    across: float = 0.5          # where in the part all windows share (0 = left/top, 1 = right/bottom)
+    down: float = 0.5
+
+
+# The astronaut's head (scikit-image's astronaut, 512x512) with a margin of hair and collar:
+# (x, y, width, height). Haar's frontal-face cascade needs the whole face and some context.
+ASTRONAUT_HEAD = (140, 10, 190, 210)
+FACE_SCENES: tuple[FaceScene, ...] = (
+    FaceScene("coffee", 0.50, across=0.3, down=0.4),
+    FaceScene("chelsea", 0.45, mirrored=True, across=0.7, down=0.5),
+    FaceScene("rocket", 0.55, across=0.5, down=0.3),
+    FaceScene("chelsea", 0.40, across=0.1, down=0.8),
+)
+
+
+def face_patch() -> np.ndarray:
+    """The astronaut's head, the one frontal face among the shipped photographs."""
+    x, y, width, height = ASTRONAUT_HEAD
+    return np.ascontiguousarray(scene_image("astronaut")[y:y + height, x:x + width])
+
+
+def compose_face_scene(scene: FaceScene, spec: SampleVideoSpec, face: np.ndarray) -> np.ndarray:
+    """The backdrop scaled to cover the pan, with the face pasted where every window sees it."""
+    canvas = cover_pan(scene_image(scene.backdrop), spec)
+    patch_h = round(spec.height * scene.height)
+    patch_w = round(face.shape[1] * patch_h / face.shape[0])
+    patch = cv2.resize(cv2.flip(face, 1) if scene.mirrored else face, (patch_w, patch_h), interpolation=cv2.INTER_AREA)
+    # Every window of the pan covers [room, frame size) of the canvas on each axis.
+    room_x, room_y = canvas.shape[1] - spec.width, canvas.shape[0] - spec.height
+    left = room_x + round(max(0, spec.width - room_x - patch_w) * scene.across)
+    top = room_y + round(max(0, spec.height - room_y - patch_h) * scene.down)
+    patch_w, patch_h = min(patch_w, canvas.shape[1] - left), min(patch_h, canvas.shape[0] - top)
+    canvas[top:top + patch_h, left:left + patch_w] = patch[:patch_h, :patch_w]
+    return canvas
+
+
+def face_images(spec: SampleVideoSpec = SampleVideoSpec(), scenes: tuple[FaceScene, ...] = FACE_SCENES) -> list[np.ndarray]:
+    """The `faces` sequence as BGR images: every scene a pan with the face in view."""
+    spec.validate()
+    face = face_patch()
+    return [frame for scene in scenes for frame in pan_windows(compose_face_scene(scene, spec, face), spec)]
+
+
+def faces_source(spec: SampleVideoSpec = SampleVideoSpec()) -> CyclicFrames:
+    return CyclicFrames(tuple(encode_jpeg(image, spec.quality) for image in face_images(spec)))
+
+
+# Named sequences `open_source` knows, besides folders and video files.
+NAMED_SOURCES = {"sample": sample_source, "faces": faces_source}
+
+
 def folder_source(folder: str | Path, max_side: int = 1280, quality: int = 80) -> CyclicFrames:
     """Every JPEG/PNG in `folder` (sorted by name), downscaled to `max_side` and re-encoded as JPEG."""
     paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -169,15 +244,18 @@ def video_source(path: str | Path, max_frames: int = 300, max_side: int = 1280, 
 
 
 def open_source(spec: str | None) -> CyclicFrames:
-    """`None`/"sample" -> the shipped-image sequence; a folder -> its images; a file -> a video."""
-    if spec in (None, "", "sample"):
-        return sample_source()
+    """`None`/"sample" or "faces" -> a shipped-image sequence; a folder -> its images; a file -> a video."""
+    if spec in (None, ""):
+        spec = "sample"
+    if spec in NAMED_SOURCES:
+        return NAMED_SOURCES[spec]()
     path = Path(os.path.expanduser(spec))
     if path.is_dir():
         return folder_source(path)
     if path.is_file():
         return video_source(path)
-    raise FileNotFoundError(f"frame source {spec!r} is neither 'sample', a folder of images nor a video file")
+    raise FileNotFoundError(f"frame source {spec!r} is neither {', '.join(map(repr, NAMED_SOURCES))}, "
+                            "a folder of images nor a video file")
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -196,5 +274,5 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["SampleVideoSpec", "SCENES", "FrameSource", "CyclicFrames", "sample_images", "sample_jpegs",
+__all__ = ["SampleVideoSpec", "SCENES", "FaceScene", "FACE_SCENES", "NAMED_SOURCES", "face_images", "faces_source", "FrameSource", "CyclicFrames", "sample_images", "sample_jpegs",
            "sample_source", "folder_source", "video_source", "open_source", "write_video", "scene_image"]
