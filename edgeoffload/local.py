@@ -18,8 +18,8 @@ import atexit
 import dataclasses
 import logging
 import math
+import os
 import shutil
-import signal
 import socket
 import sys
 import tempfile
@@ -27,7 +27,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Callable
 
 from edgeoffload.broker import BrokerProcess, find_mosquitto, start_broker
@@ -35,11 +34,13 @@ from edgeoffload.hpa import DEFAULT_RELEASE, RELEASES, HPAError, HPASpec, load_h
 from edgeoffload.endpointslices import EndpointSliceServer, EndpointSliceStore
 from edgeoffload.localscale import LocalAutoscaler, ReplicaPool, ScaleStatus, status_message
 from edgeoffload.messaging import MQTTSettings, Publisher
+from edgeoffload.policy import load_policy
 from edgeoffload.relay import LinkProfile, TcpRelay, Wan
 from edgeoffload.serve import UnitProcess, free_port, start_unit
+from edgeoffload.stopsignals import StopOnSignals
 from edgeoffload.config import load_config
 from edgeoffload.units.inference import InferenceConfig
-from edgeoffload.unitfolders import autoscale_file, unit_settings
+from edgeoffload.unitfolders import autoscale_file, unit_settings, units_root
 
 log = logging.getLogger(__name__)
 SITES = ("edge", "cloud")
@@ -213,6 +214,7 @@ class Testbed:
 
     def _start(self, progress: Callable[[str], None]) -> None:
         opts = self.options
+        load_policy(opts.policy)  # a typo or a broken policy file fails here, before any process starts
         if find_mosquitto() is None:
             raise FileNotFoundError("mosquitto is not installed (make system-deps, or apt-get install mosquitto)")
         progress("starting broker")
@@ -222,6 +224,10 @@ class Testbed:
         # with its subscribers' sessions, and the publishers re-send what it had not saved.
         self.broker = start_broker(opts.broker_port or None, opts.host)
         self._write_pid_file()
+        # For the replay command describe() prints: a file, so the password stays out of argv.
+        self.monitor_password_file.touch(mode=0o600)
+        self.monitor_password_file.chmod(0o600)
+        self.monitor_password_file.write_text(self.broker.users["monitor"] + "\n", encoding="utf-8")
         # The API server's part in discovery: the pools' replicas as EndpointSlices, which the
         # preprocessor watches through a kubeconfig, as it watches a cluster's in a pod.
         self.endpoint_api = EndpointSliceServer(EndpointSliceStore(NAMESPACE), host=opts.host).start()
@@ -287,6 +293,10 @@ class Testbed:
     def kubeconfig(self) -> Path:
         return self.workdir / "kubeconfig"
 
+    @property
+    def monitor_password_file(self) -> Path:
+        return self.workdir / "monitor.password"
+
     def _preprocessor_env(self) -> dict[str, str]:
         """The ConfigMap's settings, wired to this machine's broker, Services and EndpointSlice API."""
         assert self.broker is not None
@@ -321,7 +331,9 @@ class Testbed:
             "WEB_MQTT_PORT": str(self.broker.port),
             "WEB_MQTT_USERNAME": "webserver",
             "WEB_MQTT_PASSWORD": self.broker.users["webserver"],
-            "WEB_RESULTS_DIR": str(self.workdir / "results"),
+            # This testbed's runs first, then the experiments committed beside the unit folders.
+            "WEB_RESULTS_DIR": os.pathsep.join(str(d) for d in (self.workdir / "results", committed_results())
+                                               if d is not None),
         }
 
     def stop(self) -> None:
@@ -358,10 +370,15 @@ class Testbed:
     def __exit__(self, *_exc: object) -> None:
         self.stop()
 
+    def scaling_numbers(self) -> dict[str, dict[str, int]]:
+        """Replica counts per pool (rescales include the initial start, so they are not changes)."""
+        return {site: {"now": pool.size, "peak": pool.peak, "autoscaler_changes": max(0, pool.rescales - 1)}
+                for site, pool in self.pools.items()}
+
     def scaling_rows(self) -> list[tuple[str, str]]:
-        """Replica counts per pool for a summary table (rescales include the initial start)."""
-        return [(f"{site} replicas", f"{pool.size} now, peak {pool.peak}, {max(0, pool.rescales - 1)} autoscaler change(s)")
-                for site, pool in self.pools.items()]
+        """scaling_numbers for a summary table."""
+        return [(f"{site} replicas", f"{n['now']} now, peak {n['peak']}, {n['autoscaler_changes']} autoscaler change(s)")
+                for site, n in self.scaling_numbers().items()]
 
     def describe(self) -> str:
         lines = [f"web page:      {self.web_url}/",
@@ -379,9 +396,15 @@ class Testbed:
         if self.broker:
             lines.append(f"replay into it: edgeoffload replay TRACE --target {self.preprocessor_url} "
                          f"--mqtt-port {self.broker.port} --mqtt-user monitor "
-                         f"--mqtt-password {self.broker.users['monitor']}  (local, per-run password)")
+                         f"--mqtt-password-file {self.monitor_password_file}  (per-run password, readable by you only)")
         lines.append(f"logs:          {self.log_dir}")
         return "\n".join(lines)
+
+
+def committed_results() -> Path | None:
+    """experiments/results of a source checkout (what `make` installs), if there is one."""
+    folder = units_root() / "experiments" / "results"
+    return folder if folder.is_dir() else None
 
 
 def port_or_free(host: str, port: int) -> int:
@@ -399,31 +422,6 @@ def port_or_free(host: str, port: int) -> int:
 
 def _mbps(bps: float) -> str:
     return "unlimited" if math.isinf(bps) else f"{bps / 1e6:g} Mbit/s"
-
-
-class StopOnSignals:
-    """Turn SIGINT/SIGTERM/SIGHUP into a `stop` event (restoring the previous handlers after)."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self._previous: dict[int, object] = {}
-
-    def __enter__(self) -> threading.Event:
-        for sig in self.SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self.event
-
-    def _handle(self, signum: int, _frame: FrameType | None) -> None:
-        if self.event.is_set():  # second Ctrl-C: stop waiting politely
-            raise KeyboardInterrupt
-        print(f"\n{signal.Signals(signum).name}: stopping the testbed...", file=sys.stderr)
-        self.event.set()
-
-    def __exit__(self, *_exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)  # type: ignore[arg-type]
 
 
 # --- command line ---------------------------------------------------------------------------
