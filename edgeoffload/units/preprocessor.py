@@ -46,6 +46,7 @@ from edgeoffload.frames import DEFAULT_MAX_PIXELS, FrameError, decode, encode_jp
 from edgeoffload.messaging import MQTTSettings, Publisher
 from edgeoffload.offload import CLOUD, EDGE, Box, FrameJob, Offloader, SiteConfig, identity_box
 from edgeoffload.policy import Policy, load_policy
+from edgeoffload.preview import PreviewSampler, PreviewSettings
 from edgeoffload.records import FrameRecord
 from edgeoffload.sources import FrameSource, parse_sources, valid_camera
 
@@ -112,6 +113,12 @@ class PreprocessorConfig:
     mqtt_max_buffered: int = 10000
     mqtt_resend_window_s: float = 10.0       # >= 2x the broker's autosave_interval (5 s)
     flush_timeout_s: float = 10.0            # at shutdown, wait this long for broker acks
+    # Camera previews for the live page (edgeoffload.preview): a shrunk processed frame with its
+    # boxes, retained at QoS 0 on edgeoffload/previews/<camera>, at most PREVIEW_FPS per camera.
+    preview: bool = True
+    preview_width: int = 320
+    preview_fps: float = 2.0
+    preview_max_bytes: int = 48 * 1024
 
     def __post_init__(self) -> None:
         if not 1 <= self.jpeg_quality <= 100:
@@ -139,6 +146,11 @@ class PreprocessorConfig:
             parse_sources(self.sources)
         except ValueError as exc:
             raise ConfigError(f"{ENV_PREFIX}SOURCES: {exc}") from None
+        if self.preview and (problems := self.preview_settings().problems()):
+            raise ConfigError(f"{ENV_PREFIX}PREVIEW_{problems[0]}")
+
+    def preview_settings(self) -> PreviewSettings:
+        return PreviewSettings(self.preview, self.preview_width, self.preview_fps, self.preview_max_bytes)
 
     def site_configs(self) -> tuple[SiteConfig, SiteConfig]:
         common = dict(queue_size=self.queue_size, max_in_flight=self.max_in_flight_per_site,
@@ -235,6 +247,7 @@ class Preprocessor:
         self.config = config
         self.policy = policy or load_policy(config.policy, seed=config.seed)
         self.preparer = FramePreparer(config.max_side, config.input_size, config.jpeg_quality, config.max_pixels)
+        self.previews = PreviewSampler(config.preview_settings(), config.max_cameras)
         self.sources = [FrameSource(spec, self.ingest_image, self.ingest_bytes, config.source_fps, config.source_loop)
                         for spec in parse_sources(config.sources)]
         self.publisher = Publisher(config.mqtt_settings(), unit=UNIT, online_status={
@@ -281,13 +294,13 @@ class Preprocessor:
     def ingest_bytes(self, camera: str, data: bytes, frame_id: int | None = None, origin: str = "source") -> FrameJob:
         """Accept an encoded frame; FrameRejected (after publishing an error record) if it does not decode."""
         job = self._new_job(camera, frame_id, origin)
-        return self._prepare_and_submit(job, lambda: self.preparer.from_bytes(data))
+        return self._prepare_and_submit(job, lambda: decode(data, self.config.max_pixels))
 
     def ingest_image(self, camera: str, image: np.ndarray, frame_id: int | None = None,
                      origin: str = "source") -> FrameJob:
         """Accept a captured (already decoded) frame."""
         job = self._new_job(camera, frame_id, origin)
-        return self._prepare_and_submit(job, lambda: self.preparer.from_image(image))
+        return self._prepare_and_submit(job, lambda: image)
 
     def _new_job(self, camera: str, frame_id: int | None, origin: str) -> FrameJob:
         arrived, captured_at = time.monotonic(), time.time()
@@ -296,13 +309,15 @@ class Preprocessor:
         return FrameJob(camera=camera, frame_id=assigned, captured_at=captured_at, arrived=arrived, payload=b"",
                         deadline_s=self.deadline_s)
 
-    def _prepare_and_submit(self, job: FrameJob, prepare: Callable[[], PreparedFrame]) -> FrameJob:
+    def _prepare_and_submit(self, job: FrameJob, image_of: Callable[[], np.ndarray]) -> FrameJob:
         """From here on the frame has an id, so every path ends in exactly one record."""
         try:
-            prepared = prepare()
+            image = image_of()
+            prepared = self.preparer.from_image(image)
         except (FrameError, ValueError) as exc:
             record = self.offloader.reject(job, f"bad_frame: {exc}")
             raise FrameRejected(str(exc), record) from None
+        self.previews.offer(job.camera, job.frame_id, image)
         job.payload = prepared.payload
         job.to_original = prepared.to_original
         return self.offloader.submit(job)
@@ -319,6 +334,8 @@ class Preprocessor:
             metrics.PREPROCESSOR_DROPS.labels(drop_reason(record)).inc()
         if not self.publisher.publish_record(record):
             log.error("record %s/%d lost: MQTT buffer full", record.camera, record.frame_id)
+        if (preview := self.previews.take(record)) is not None:
+            self.publisher.publish_preview(record.camera, preview.to_json())
 
     def record_room(self) -> int:
         """Records the MQTT buffer can still take beyond those every open frame will produce."""
