@@ -54,6 +54,8 @@ UNIT_OF_DEPLOYMENT = {
 }
 SCENARIO_POOL_DEPLOYMENTS = {"edge": "edge-inference", "cloud": "cloud-inference"}
 PLACEHOLDER = "REPLACE_ME"
+# Pinned to a release: a moving tag (":2") would change the broker on the next pull.
+MOSQUITTO_IMAGE = "eclipse-mosquitto:2.0.21"
 
 
 # ------------------------------------------------------------------ loading
@@ -166,7 +168,7 @@ def test_kustomize_build_yields_exactly_the_manifests() -> None:
     assert sorted((d["kind"], d["metadata"]["name"]) for d in rendered) == \
         sorted((o["kind"], o["metadata"]["name"]) for o in objects())
     images = {c["image"] for d in rendered if d["kind"] == "Deployment" for c in pod_spec(d)["containers"]}
-    assert images == {f"edgeoffload:{project_version()}", "eclipse-mosquitto:2"}
+    assert images == {f"edgeoffload:{project_version()}", MOSQUITTO_IMAGE}
 
 
 # ------------------------------------------------------------------ units: routes, env, probes
@@ -675,7 +677,7 @@ def test_broker_config_map_is_the_rendered_config_and_acl() -> None:
 def test_broker_deployment_mounts_what_the_config_names() -> None:
     deployment = of_kind("Deployment")["broker"]
     container = only_container(deployment)
-    assert container["image"] == "eclipse-mosquitto:2"
+    assert container["image"] == MOSQUITTO_IMAGE
     assert container["command"] == ["mosquitto", "-c", f"{broker.K8S_CONFIG_DIR}/mosquitto.conf"]
     volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
     mounts = {m["mountPath"].rstrip("/"): volumes[m["name"]] for m in container["volumeMounts"]}
