@@ -27,13 +27,14 @@ from edgeoffload.records import FrameRecord, RecordWriter, read_records
 
 DEMO_EXPERIMENT = "demo"
 RECORDS_FILE = "records.csv"
+DEMO_MAX_SIDE = 320   # the preprocessor's downscale in the demo: what the detector sees
 
 
 def register(parser: argparse.ArgumentParser) -> None:
     add_testbed_arguments(parser)
     # Haar on a full 640x480 frame takes 120-360 ms on one core: 10 fps would saturate a 2-vCPU
     # machine, so the demo detects on 320 px frames (--max-side 640 shows the overloaded case).
-    parser.set_defaults(sync_period=5.0, max_side=320)
+    parser.set_defaults(sync_period=5.0, max_side=DEMO_MAX_SIDE)
     parser.add_argument("--cameras", type=int, default=2)
     parser.add_argument("--fps", type=float, default=5.0, help="frames per second per camera")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of video to replay")

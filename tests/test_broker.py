@@ -1,6 +1,10 @@
 """EdgeBrokerProvider: the shipped config is what the code renders, and the real Mosquitto enforces it."""
 from __future__ import annotations
 
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -98,3 +102,30 @@ def test_broker_restart_keeps_port_and_credentials(fresh_broker: BrokerProcess) 
     fresh_broker.restart()
     _client, outcome = connect(fresh_broker, "monitor", fresh_broker.users["monitor"])
     assert outcome == ["Success"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_broker_run_stops_mosquitto_on_a_signal(sig: signal.Signals) -> None:
+    """Mosquitto runs in a session of its own: `broker run` must stop it on SIGTERM too."""
+    from edgeoffload.serve import free_port
+
+    port = free_port()
+    command = subprocess.Popen([sys.executable, "-m", "edgeoffload.cli", "broker", "run", "--port", str(port)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert command.stdout is not None and command.stdout.readline().startswith(f"mosquitto on mqtt://127.0.0.1:{port}")
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        command.send_signal(sig)
+        assert command.wait(20) == 0
+    finally:
+        if command.poll() is None:
+            command.kill()
+            command.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            return  # nothing listens any more: mosquitto is gone
+        time.sleep(0.1)
+    pytest.fail(f"mosquitto still listens on {port} after {sig.name} to `broker run`")

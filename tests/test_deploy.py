@@ -875,3 +875,10 @@ def test_yolo_image_serves_the_fetched_model_with_the_manifest_settings(fetch_mo
         hpa_metric = next(m.name for s in load_hpa_manifests(ROOT / "autoscale.yml")
                           if s.target == "edge-inference" for m in s.metrics if m.kind == "Pods")
         assert re.search(rf'^{hpa_metric}\{{site="edge"\}} 0\.0$', exposed, re.M), exposed[:2000]
+
+
+def test_the_image_carries_the_committed_results_where_the_webserver_shows_them() -> None:
+    copies = [shlex.split(c) for c in dockerfile_instructions("COPY") if not c.startswith("--from=")]
+    (destination,) = [dest for *sources, dest in copies if sources == ["experiments/results"]]
+    assert config_map_env(of_kind("Deployment")["webserver"])["WEB_RESULTS_DIR"] == destination
+    assert dockerignore_allows("experiments/results") and (ROOT / "experiments" / "results").is_dir()

@@ -99,15 +99,16 @@ def sample_jpegs(spec: SampleVideoSpec = SampleVideoSpec()) -> list[bytes]:
 
 
 def write_video(path: str | Path, spec: SampleVideoSpec = SampleVideoSpec(), fps: float = 5.0,
-                repeat: int = 1) -> Path:
-    """Write the sequence `repeat` times as an MJPG .avi/.mp4 that cv2.VideoCapture reads back."""
+                repeat: int = 1, sequence: str = "sample") -> Path:
+    """Write the `sequence` (sample or faces) `repeat` times as an MJPG .avi/.mp4 that
+    cv2.VideoCapture reads back."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (spec.width, spec.height))
     if not writer.isOpened():
         raise RuntimeError(f"OpenCV cannot write {path} with the MJPG codec (try an .avi suffix)")
     try:
-        images = sample_images(spec)
+        images = face_images(spec) if sequence == "faces" else sample_images(spec)
         for _ in range(max(1, repeat)):
             for image in images:
                 writer.write(image)
@@ -264,12 +265,15 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fps", type=float, default=5.0)
     parser.add_argument("--frames-per-scene", type=int, default=SampleVideoSpec().frames_per_scene)
     parser.add_argument("--repeat", type=int, default=1, help="write the sequence this many times")
+    parser.add_argument("--sequence", choices=("faces", "sample"), default="faces",
+                        help="faces: a face in every scene (the demo's); sample: the photographs as they are")
 
 
 def run(args: argparse.Namespace) -> int:
     spec = SampleVideoSpec(frames_per_scene=args.frames_per_scene)
-    path = write_video(args.output, spec, fps=args.fps, repeat=args.repeat)
-    frames = spec.frames_per_scene * len(spec.scenes) * max(1, args.repeat)
+    path = write_video(args.output, spec, fps=args.fps, repeat=args.repeat, sequence=args.sequence)
+    scenes = len(FACE_SCENES) if args.sequence == "faces" else len(spec.scenes)
+    frames = spec.frames_per_scene * scenes * max(1, args.repeat)
     print(f"wrote {frames} frames of {spec.width}x{spec.height} at {args.fps:g} fps to {path}", file=sys.stderr)
     return 0
 
