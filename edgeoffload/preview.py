@@ -41,6 +41,7 @@ MAX_DETECTIONS = 100
 MAX_NAME = 253                # a pod name
 JPEG_START = b"\xff\xd8\xff"
 QUALITIES = (70, 45)          # the second only when the first exceeds max_bytes
+ANSWERING_SITES = ("edge", "cloud")   # only answered frames have previews
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +109,8 @@ class Preview:
         detections = raw.get("detections", [])
         if not isinstance(detections, list) or len(detections) > MAX_DETECTIONS:
             raise ValueError(f"preview field 'detections' must be a list of at most {MAX_DETECTIONS}")
+        if raw.get("site") not in ANSWERING_SITES:
+            raise ValueError(f"preview field 'site' must be one of {', '.join(ANSWERING_SITES)}")
         width, height = _bounded_int(raw, "width", MAX_WIDTH), _bounded_int(raw, "height", MAX_HEIGHT)
         return Preview(camera=_text(raw, "camera", required=True), frame_id=_bounded_int(raw, "frame_id", 2**63 - 1, 0),
                        site=_text(raw, "site"), replica=_text(raw, "replica"), model=_text(raw, "model"),

@@ -115,6 +115,7 @@ def test_payload_round_trips() -> None:
     ({"height": 0}, "'height'"),
     ({"frame_id": -1}, "'frame_id'"),
     ({"camera": ""}, "'camera'"),
+    ({"site": "<b>"}, "'site'"),
     ({"replica": "x" * 300}, "'replica'"),
     ({"detections": [{"label": "face"}] * 101}, "detections"),
     ({"detections": [{"label": "face", "score": 1, "box": [1, 2, 3]}]}, "box"),

@@ -192,8 +192,17 @@ def compose_face_scene(scene: FaceScene, spec: SampleVideoSpec, face: np.ndarray
     left = room_x + round(max(0, spec.width - room_x - patch_w) * scene.across)
     top = room_y + round(max(0, spec.height - room_y - patch_h) * scene.down)
     patch_w, patch_h = min(patch_w, canvas.shape[1] - left), min(patch_h, canvas.shape[0] - top)
-    canvas[top:top + patch_h, left:left + patch_w] = patch[:patch_h, :patch_w]
+    patch, alpha = patch[:patch_h, :patch_w], _oval_mask(patch_h, patch_w)
+    region = canvas[top:top + patch_h, left:left + patch_w]
+    region[:] = (patch * alpha + region * (1.0 - alpha)).astype(np.uint8)
     return canvas
+
+
+def _oval_mask(height: int, width: int) -> np.ndarray:
+    """1 inside an oval filling the patch, fading to 0 at its edge: a head, not a pasted rectangle."""
+    mask = np.zeros((height, width), np.float32)
+    cv2.ellipse(mask, (width // 2, height // 2), (int(width * 0.46), int(height * 0.48)), 0, 0, 360, 1.0, -1)
+    return cv2.GaussianBlur(mask, (0, 0), max(1.0, min(height, width) / 20))[..., None]
 
 
 def face_images(spec: SampleVideoSpec = SampleVideoSpec(), scenes: tuple[FaceScene, ...] = FACE_SCENES) -> list[np.ndarray]:

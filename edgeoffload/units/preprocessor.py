@@ -317,7 +317,10 @@ class Preprocessor:
         except (FrameError, ValueError) as exc:
             record = self.offloader.reject(job, f"bad_frame: {exc}")
             raise FrameRejected(str(exc), record) from None
-        self.previews.offer(job.camera, job.frame_id, image)
+        try:
+            self.previews.offer(job.camera, job.frame_id, image)
+        except Exception:  # a preview must never cost the frame its record
+            log.exception("preview of frame %s/%d failed", job.camera, job.frame_id)
         job.payload = prepared.payload
         job.to_original = prepared.to_original
         return self.offloader.submit(job)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edgeoffload.frames import decode, image_size
-from edgeoffload.load.sample_video import (NAMED_SOURCES, CyclicFrames, SampleVideoSpec, face_images, faces_source,
+from edgeoffload.load.sample_video import (FACE_SCENES, NAMED_SOURCES, CyclicFrames, SampleVideoSpec, face_images, faces_source,
                                            folder_source, open_source, sample_images, sample_jpegs, video_source,
                                            write_video)
 
@@ -120,7 +120,7 @@ def test_the_demo_detector_finds_a_face_in_most_faces_frames_at_the_demo_resolut
 
 def test_faces_frames_pan_over_several_backdrops_with_the_face_moving() -> None:
     images = face_images(SMALL)
-    assert len(images) == 4 * len(SMALL.scenes) and all(image.shape == (480, 640, 3) for image in images)
+    assert len(images) == 4 * len(FACE_SCENES) and all(image.shape == (480, 640, 3) for image in images)
     steps = [float(np.mean(cv2.absdiff(a, b))) for a, b in zip(images, images[1:])]
     assert min(steps) > 1.0  # every frame differs from the one before: the camera pans
     cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
