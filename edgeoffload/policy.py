@@ -353,7 +353,7 @@ def _where(exc: BaseException, path: str | None = None) -> str:
     deepest line of `path` (or of any file) in the traceback."""
     if isinstance(exc, SyntaxError):
         return f"{exc.filename or path}:{exc.lineno}: SyntaxError: {exc.msg}"
-    frames = traceback.extract_tb(exc.__traceback__)
-    mine = [f for f in frames if path is None or f.filename == path]
-    place = f"{mine[-1].filename}:{mine[-1].lineno}: " if mine else (f"{path}: " if path else "")
-    return f"{place}{type(exc).__name__}: {exc}"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if (f.filename == path if path else not f.filename.startswith("<") and "importlib" not in f.filename)]
+    place = f"{frames[-1].filename}:{frames[-1].lineno}: " if frames else (f"{path}: " if path else "")
+    return f"{place}{type(exc).__name__}: {' '.join(str(exc).split())}"
