@@ -548,7 +548,8 @@ def test_previews_of_answered_frames_carry_their_boxes_at_most_fps_per_camera(ru
     previews: list[Preview] = []
     settings = MQTTSettings(host=broker.host, port=broker.port, username="webserver",
                             password=broker.users["webserver"])
-    with Subscriber(settings, (f"{PREVIEWS_TOPIC}/#",),
+    topics = (f"{PREVIEWS_TOPIC}/preview-cam", f"{PREVIEWS_TOPIC}/preview-off")  # not other tests' retained ones
+    with Subscriber(settings, topics,
                     on_preview=lambda _topic, payload: previews.append(Preview.from_json(payload))) as subscriber:
         assert subscriber.wait_subscribed(WAIT)
         unit = running(policy="edge-only", preview_fps=1.0)
