@@ -319,7 +319,7 @@ def _register_experiment_routes(app: Flask, state: WebState) -> None:
     @app.get("/experiments")
     def experiments() -> str:
         return render_template("experiments.html", page="experiments", entries=state.experiments.entries(),
-                               results_dir=state.config.results_dir)
+                               results_dirs=[str(root) for root in state.experiments.roots])
 
     @app.get("/experiments/<name>")
     def experiment(name: str) -> str:

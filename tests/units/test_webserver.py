@@ -271,6 +271,17 @@ def test_empty_results_dir_is_explained(tmp_path: Path) -> None:
     assert b"No experiment results yet" in client.get("/experiments").data
 
 
+def test_several_results_folders_are_named_and_listed(results_dir: Path, tmp_path: Path) -> None:
+    own = tmp_path / "own"
+    (own / "demo").mkdir(parents=True)
+    (own / "demo" / "summary.json").write_text('{"records": 12}')
+    client = create_app(WebConfig(mqtt_enabled=False, results_dir=f"{own}:{results_dir}")).test_client()
+    page = client.get("/experiments").get_data(as_text=True)
+    assert f"<code>{own}</code> and <code>{results_dir}</code>" in page
+    assert ">demo</a>" in page and ">policy-sweep</a>" in page
+    assert client.get("/experiments/policy-sweep/files/latency.png").status_code == 200
+
+
 @pytest.mark.parametrize("path", [
     "/experiments/policy-sweep/files/../../secret.png",
     "/experiments/policy-sweep/files/..%2F..%2Fsecret.png",
