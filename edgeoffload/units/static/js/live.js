@@ -173,7 +173,9 @@ function drawBoxes(ctx, detections, color, scaleX, scaleY) {
     ctx.strokeStyle = color;
     ctx.lineWidth = 2;
     ctx.strokeRect(bx, by, w * scaleX, h * scaleY);
-    const label = `${detection.label} ${Math.round(detection.score * 100)}%`;
+    // Probabilities as percentages; detectors whose score is not one (Haar's stage weight) as is.
+    const score = detection.score <= 1 ? `${Math.round(detection.score * 100)}%` : detection.score.toFixed(1);
+    const label = `${detection.label} ${score}`;
     const labelW = ctx.measureText(label).width + 10;
     const labelY = by >= 18 ? by - 18 : by;
     ctx.fillStyle = color;
