@@ -70,9 +70,10 @@ MODEL_DIFFERENCES: tuple[str, ...] = (
     "the testbed scrapes its replicas' in-flight gauges over HTTP at each sync, a few milliseconds apart; "
     "the simulator reads them at the sync instant (both average the last minute's scrapes)",
     "every testbed process shares this machine's CPUs, so service times under load are longer than the "
-    "sequential profile (and a second replica adds no cores); the simulator models the two sites slowing "
-    "each other (shared_cpu, processor sharing, speed measured on the calibration replay) but not the other "
-    "processes (preprocessor, relays, broker, web server, load generator), whose load is only in the samples",
+    "sequential profile (and a second replica adds no cores); the simulator models frames computing at once "
+    "slowing each other (shared_cpu, processor sharing over every replica of both sites, cores measured on the "
+    "calibration replay) but not the other processes (preprocessor, relays, broker, web server, load "
+    "generator), whose load is only in the samples",
 )
 
 
@@ -404,9 +405,9 @@ def profile_from_records(records: list[FrameRecord], profile: Profile, method: s
     HTTP path, per answered frame), with the measured WAN. Used on a held-out calibration replay
     (`calibrate`) and, as a diagnosis only, on the evaluated replay itself (`in_run_profile`).
 
-    With `shared_cpu`, the replay also gives how much the two sites slowed each other
+    With `shared_cpu`, the replay also gives how much frames computing at once slowed each other
     (`contention.estimate`): each sample becomes the frame's work as if computed alone, and
-    `shared_cpu.cores` tells the simulator to slow frames down when both sites compute.
+    `shared_cpu.cores` tells the simulator to slow frames down whenever several compute.
 
     With `content` (camera, frame id -> picture), the edge's frames also give each picture's
     relative cost (`content_factor`: its median work over the median of all); the samples are
@@ -414,17 +415,17 @@ def profile_from_records(records: list[FrameRecord], profile: Profile, method: s
     runs of a costly picture are slow together, as on the testbed."""
     data = profile.to_dict()
     return_ms = statistics.median(profile.wan.rtt_ms) / 2 if profile.wan.rtt_ms else 0.0
-    shares = contention.overlap_shares(records, return_ms)
-    measured = contention.estimate(records, shares) if shared_cpu else None
+    loads = contention.concurrency(records, return_ms)
+    measured = contention.estimate(records, loads) if shared_cpu else None
 
-    def alone(ms: float, share: float) -> float:
-        return round(ms if measured is None else contention.work_ms(ms, share, measured.speed), 3)
+    def alone(ms: float, load: contention.Load) -> float:
+        return round(ms if measured is None else contention.work_ms(ms, load, measured.cores), 3)
 
-    edge = [(r, share) for r, share in zip(records, shares) if r.site == "edge" and r.status == "ok"]
-    cloud = [(r, share) for r, share in zip(records, shares) if r.site == "cloud" and r.status == "ok"]
+    edge = [(r, load) for r, load in zip(records, loads) if r.site == "edge" and r.status == "ok"]
+    cloud = [(r, load) for r, load in zip(records, loads) if r.site == "cloud" and r.status == "ok"]
     path_ms = statistics.median(r.t_network_ms for r, _ in edge) if edge else profile.edge.overhead_median_ms()
-    edge_work = [(r, alone(r.t_inference_ms + r.t_network_ms, share)) for r, share in edge]
-    cloud_work = [(r, alone(r.t_inference_ms + path_ms, share)) for r, share in cloud]
+    edge_work = [(r, alone(r.t_inference_ms + r.t_network_ms, load)) for r, load in edge]
+    cloud_work = [(r, alone(r.t_inference_ms + path_ms, load)) for r, load in cloud]
     factors = content_factors(edge_work, content) if content is not None else {}
 
     def neutral(work: list[tuple[FrameRecord, float]]) -> list[float]:
@@ -440,7 +441,7 @@ def profile_from_records(records: list[FrameRecord], profile: Profile, method: s
         data["content_factor"] = factors
     data["meta"] = {**data["meta"], "method": method}
     if measured is not None:
-        data["shared_cpu"] = {"cores": round(measured.cores, 3), **dataclasses.asdict(measured)}
+        data["shared_cpu"] = dataclasses.asdict(measured)
     return data
 
 

@@ -164,8 +164,9 @@ def shared_cpu_line(shared: dict | None) -> str:
     if not shared:
         return "\nshared CPU: not modelled (independent service times)\n"
     return (f"\nshared CPU: {shared['cores']:.2f} cores for both sites: an edge frame took {shared['solo_ms']:.1f} ms "
-            f"alone ({shared['solo_frames']} frames) and {shared['overlapped_ms']:.1f} ms while the cloud computed "
-            f"({shared['overlapped_frames']} frames) in the calibration replay, speed {shared['speed']:.2f}\n")
+            f"alone ({shared['solo_frames']} frames) and {shared['overlapped_ms']:.1f} ms beside "
+            f"{shared['others']:.1f} other computing frames on average ({shared['overlapped_frames']} frames) "
+            "in the calibration replay\n")
 
 
 def _shown(deviation: Deviation) -> dict:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgeoffload.contention import Contention, estimate, model_intervals, overlap_shares, work_ms
+from edgeoffload.contention import busy_share, concurrency, estimate, model_intervals, work_ms
 from edgeoffload.records import FrameRecord
 
 T0 = 1_800_000_000.0
@@ -36,32 +36,55 @@ def test_model_intervals_end_when_the_answer_left_the_unit() -> None:
     assert (c0 - T0, c1 - T0) == pytest.approx((2.0, 2.05))
 
 
-def test_overlap_share_is_the_part_of_model_time_the_other_site_computed() -> None:
+def test_concurrency_counts_the_other_frames_computing_piece_by_piece() -> None:
     records = [answered("edge", 0.0, 100.0, 0),
                answered("cloud", 0.05, 20.0, 0), answered("cloud", 0.06, 20.0, 1),  # overlap each other
                answered("edge", 1.0, 10.0, 1),
                FrameRecord(camera="x", frame_id=9, captured_at=T0, site="edge", status="dropped", reason="queue_full")]
-    shares = overlap_shares(records, cloud_return_ms=0.0)
-    assert shares[0] == pytest.approx(0.30)      # the union 50..80 ms of 0..100 ms
-    assert shares[1] == pytest.approx(1.0) and shares[2] == pytest.approx(1.0)
-    assert shares[3] == 0.0 and shares[4] == 0.0
+    loads = concurrency(records, cloud_return_ms=0.0)
+    # edge 0..100 ms: alone 0-50, one cloud frame 50-60, two 60-70, one 70-80, alone 80-100
+    assert [(pytest.approx(share), count) for share, count in loads[0]] == [(0.5, 0), (0.1, 1), (0.1, 2), (0.1, 1), (0.2, 0)]
+    assert busy_share(loads[0]) == pytest.approx(0.3)
+    # cloud 50..70 ms: the edge frame throughout, the other cloud frame from 60
+    assert [(pytest.approx(share), count) for share, count in loads[1]] == [(0.5, 1), (0.5, 2)]
+    assert loads[3] == ((1.0, 0),) and loads[4] == ()
 
 
-def test_estimate_compares_edge_frames_alone_and_overlapped() -> None:
+def test_estimate_finds_the_cores_that_explain_the_slow_down() -> None:
     records = records_like_the_testbed()
-    measured = estimate(records, overlap_shares(records, cloud_return_ms=20.0))
-    assert measured == Contention(speed=pytest.approx(35 / 60), solo_ms=35.0, overlapped_ms=60.0,
-                                  solo_frames=8, overlapped_frames=6)
-    assert measured.cores == pytest.approx(2 * 35 / 60)
+    measured = estimate(records, concurrency(records, cloud_return_ms=20.0))
+    assert measured is not None
+    assert (measured.solo_ms, measured.overlapped_ms, measured.solo_frames, measured.overlapped_frames) == (35.0, 60.0, 8, 6)
+    # each slow edge frame computed beside one cloud frame: at speed cores / 2 = 35 / 60
+    assert measured.others == pytest.approx(1.0)
+    assert measured.cores == pytest.approx(2 * 35 / 60, rel=1e-4)
+
+
+def test_estimate_counts_every_frame_beside_it_not_just_the_other_site() -> None:
+    """Two edge instances and a cloud frame: an edge frame beside two others took 3x its solo time
+    on a 1-core machine; the old two-frame assumption would have said 2 x 1/3 = 0.67 cores."""
+    records, t = [], 0.0
+    for i in range(8):
+        records.append(answered("edge", t, 40.0, i))
+        t += 0.5
+    for i in range(6):
+        records.append(answered("edge", t, 120.0, 100 + i))
+        records.append(answered("edge", t, 120.0, 200 + i))
+        records.append(answered("cloud", t, 120.0, i))
+        t += 0.5
+    measured = estimate(records, concurrency(records, cloud_return_ms=0.0))
+    assert measured is not None and measured.others == pytest.approx(2.0)
+    assert measured.cores == pytest.approx(1.0, rel=1e-4)
 
 
 @pytest.mark.parametrize("records", [records_like_the_testbed(overlapped=4), records_like_the_testbed(solo=3),
                                      records_like_the_testbed(slow_ms=30.0)], ids=["few-overlapped", "few-solo", "not-slower"])
 def test_no_estimate_without_enough_evidence(records: list[FrameRecord]) -> None:
-    assert estimate(records, overlap_shares(records, cloud_return_ms=20.0)) is None
+    assert estimate(records, concurrency(records, cloud_return_ms=20.0)) is None
 
 
 def test_work_is_the_duration_at_full_speed() -> None:
-    assert work_ms(60.0, 1.0, 35 / 60) == pytest.approx(35.0)
-    assert work_ms(40.0, 0.0, 0.5) == 40.0
-    assert work_ms(80.0, 0.5, 0.5) == pytest.approx(40 + 20)
+    assert work_ms(60.0, ((1.0, 1),), 2 * 35 / 60) == pytest.approx(35.0)
+    assert work_ms(40.0, ((1.0, 0),), 1.0) == 40.0
+    assert work_ms(80.0, ((0.5, 0), (0.5, 1)), 1.0) == pytest.approx(40 + 20)
+    assert work_ms(90.0, ((1.0, 2),), 6.0) == 90.0                      # more cores than frames: no slow-down

@@ -68,9 +68,9 @@ def test_calibrated_profile_holds_work_as_if_alone_and_the_shared_cpu(tmp_path: 
     assert "shared_cpu" not in plain and sorted(set(plain["edge"]["service_ms"])) == [35.0, 60.0]
     shared = profile_from_records(records, profile, "test")
     assert shared["shared_cpu"]["cores"] == pytest.approx(2 * 35 / 60, abs=1e-3)
-    assert shared["edge"]["service_ms"] == pytest.approx([35.0] * 14)      # every edge frame's work alone
+    assert shared["edge"]["service_ms"] == pytest.approx([35.0] * 14, abs=0.01)   # every edge frame's work alone
     # 70 ms of cloud model time, 60 of them while the edge computed: 10 + 60 * 35/60 ms alone
-    assert shared["cloud"]["service_ms"] == pytest.approx([45.0] * 6)
+    assert shared["cloud"]["service_ms"] == pytest.approx([45.0] * 6, abs=0.01)
     path = tmp_path / "profile.json"
     path.write_text(json.dumps(shared))
     trace = write_trace(sent_sizes(generate(TraceSpec("periodic", 1, 2.0, 3.0)), sample_source(), 320),
