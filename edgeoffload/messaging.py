@@ -498,7 +498,7 @@ class Subscriber(_Endpoint):
             if self._on_record:
                 self._on_record(topic, record)
         elif topic.startswith(STATUS_TOPIC + "/"):
-            status = _json_object(payload)
+            status = json_object(payload)
             if self._on_status:
                 self._on_status(topic, status)
         elif topic.startswith(PREVIEWS_TOPIC + "/"):
@@ -531,15 +531,16 @@ class Subscriber(_Endpoint):
                 log.exception("MQTT on_malformed callback failed")
 
 
-def _json_object(payload: bytes) -> dict[str, Any]:
+def json_object(payload: bytes, what: str = "status") -> dict[str, Any]:
+    """An untrusted payload as a JSON object; ValueError naming `what` otherwise."""
     try:
         value = json.loads(payload)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"status is not valid JSON: {exc}") from exc
+        raise ValueError(f"{what} is not valid JSON: {str(exc)[:200]}") from None
     if not isinstance(value, dict):
-        raise ValueError("status must be a JSON object")
+        raise ValueError(f"{what} must be a JSON object")
     return value
 
 
 __all__ = ["MQTTSettings", "Publisher", "PublisherStats", "Subscriber", "SubscriberStats",
-           "topic_for", "status_topic", "preview_topic", "sanitise_topic_level", "default_client_id"]
+           "topic_for", "status_topic", "preview_topic", "json_object", "sanitise_topic_level", "default_client_id"]

@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 
 from edgeoffload.frames import encode_jpeg
+from edgeoffload.messaging import json_object
 from edgeoffload.records import Detection, FrameRecord
 
 MAX_WIDTH = 640               # previews are thumbnails: wider ones are refused
@@ -94,12 +95,7 @@ class Preview:
         """Validate an untrusted payload; ValueError naming what is wrong."""
         if len(payload) > MAX_JPEG_BYTES * 4 // 3 + 64 * 1024:
             raise ValueError(f"preview payload of {len(payload)} bytes is too large")
-        try:
-            raw = json.loads(payload)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"preview is not valid JSON: {str(exc)[:100]}") from None
-        if not isinstance(raw, dict):
-            raise ValueError("preview must be a JSON object")
+        raw = json_object(payload, "preview")
         try:
             jpeg = base64.b64decode(str(raw.get("jpeg", "")), validate=True)
         except (binascii.Error, ValueError):
