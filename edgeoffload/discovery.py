@@ -150,6 +150,7 @@ class EndpointSliceWatch:
         self.synced = threading.Event()   # set once the first list has been applied
         self.lists = 0                    # full lists (the first, and one after each 410 or error)
         self.events = 0                   # watch events applied (bookmarks not counted)
+        self.resource_version = ""        # where the next watch starts ("": list first)
         self.last_error = ""
 
     def start(self, on_change: OnChange) -> None:
@@ -170,37 +171,37 @@ class EndpointSliceWatch:
         with self._lock:
             return {"source": self.kind, "namespace": self.namespace, "service": self.service,
                     "synced": self.synced.is_set(), "lists": self.lists, "events": self.events,
-                    "last_error": self.last_error}
+                    "resource_version": self.resource_version, "last_error": self.last_error}
 
     # -- the reflector loop ----------------------------------------------------------------
     def _run(self) -> None:
         from kubernetes.client.exceptions import ApiException
 
         backoff = 0.2
-        resource_version: str | None = None
         while not self._stopping.is_set():
             try:
-                if resource_version is None:
-                    resource_version = self._list()
-                resource_version = self._watch_from(resource_version)
+                if not self.resource_version:
+                    self._list()
+                self._watch_once()
                 backoff = 0.2
             except ApiException as exc:
                 if exc.status == GONE:
                     log.info("endpointslices of %s: resourceVersion expired (410), listing again", self.service)
-                    resource_version = None
+                    with self._lock:
+                        self.resource_version = ""
                     continue
                 self._failed(f"API error {exc.status}: {exc.reason}", backoff)
-                resource_version = None
                 backoff = min(backoff * 2, self.max_backoff_s)
             except Exception as exc:  # network errors, bad answers: retry, keep the last replicas
                 self._failed(f"{type(exc).__name__}: {str(exc)[:200]}", backoff)
-                resource_version = None
                 backoff = min(backoff * 2, self.max_backoff_s)
 
     def _failed(self, message: str, backoff: float) -> None:
-        if self._stopping.is_set():
-            return
+        """After an error: list again (as client-go's reflector does), keeping the last replicas."""
         with self._lock:
+            self.resource_version = ""
+            if self._stopping.is_set():
+                return
             self.last_error = message
         log.warning("endpointslices of %s: %s; retrying in %.1fs", self.service, message, backoff)
         self._stopping.wait(backoff)
@@ -210,7 +211,7 @@ class EndpointSliceWatch:
 
         return client.DiscoveryV1Api(self._api_client)
 
-    def _list(self) -> str:
+    def _list(self) -> None:
         response = self._api().list_namespaced_endpoint_slice(self.namespace, label_selector=self._selector,
                                                              _preload_content=False, _request_timeout=30)
         body = json.loads(response.data)
@@ -218,20 +219,21 @@ class EndpointSliceWatch:
         with self._lock:
             self._slices = {item["metadata"]["name"]: item for item in items}
             self.lists += 1
+            self.resource_version = str(body["metadata"]["resourceVersion"])
             self.last_error = ""
         self._publish()
         self.synced.set()
-        return str(body["metadata"]["resourceVersion"])
 
-    def _watch_from(self, resource_version: str) -> str:
-        """Apply watch events until the server ends the watch; returns the version to resume from."""
+    def _watch_once(self) -> None:
+        """Apply watch events from `resource_version` until the server ends the watch."""
         from kubernetes import watch
 
         stream = watch.Watch()
         with self._lock:
+            if self._stopping.is_set():
+                return
             self._watch = stream
-        if self._stopping.is_set():
-            return resource_version
+            resource_version = self.resource_version
         try:
             for event in stream.stream(self._api().list_namespaced_endpoint_slice, self.namespace,
                                        label_selector=self._selector, resource_version=resource_version,
@@ -241,13 +243,14 @@ class EndpointSliceWatch:
         finally:
             with self._lock:
                 self._watch = None
-        return stream.resource_version or resource_version
 
     def _apply(self, kind: str, obj: Mapping[str, Any]) -> None:
-        if kind == "BOOKMARK":
-            return
-        name = obj["metadata"]["name"]
+        """One watch event; a BOOKMARK only moves the resume point (it carries nothing else)."""
         with self._lock:
+            self.resource_version = str(obj["metadata"]["resourceVersion"])
+            if kind == "BOOKMARK":
+                return
+            name = obj["metadata"]["name"]
             if kind == "DELETED":
                 self._slices.pop(name, None)
             else:

@@ -59,13 +59,22 @@ def exec_unit(unit: str) -> None:
 def stop_process_group(process: subprocess.Popen, timeout: float) -> int:
     """SIGTERM a child started in its own session (its process group), SIGKILL it after `timeout`."""
     if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
         try:
+            os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            _kill_group(process.pid)
+        except ProcessLookupError:   # the group ended between poll() and killpg()
+            pass
+        process.wait()
     return process.returncode
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 @dataclass

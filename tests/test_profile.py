@@ -90,8 +90,9 @@ def test_profile_measures_service_rtt_and_bandwidth(sites: tuple[str, str], tmp_
     assert scenario.cloud.service_ms.samples == tuple(written["cloud"]["service_ms"])
     assert scenario.wan.bandwidth_bps == written["wan"]["bandwidth_bps"]
     assert scenario.wan.rtt_ms == pytest.approx(statistics.median(written["wan"]["rtt_ms"]))
-    # Haar computes the whole time it runs: a busy detector uses about one core
-    assert 0.6 < written["edge"]["cpu_per_worker"] <= 1.0 and 0.6 < written["cloud"]["cpu_per_worker"] <= 1.0
+    # Haar computes the whole time it runs: a busy detector uses up to one core (less when the
+    # machine is loaded, as it then waits for the CPU; the lower bound stays loose for that)
+    assert 0.2 < written["edge"]["cpu_per_worker"] <= 1.0 and 0.2 < written["cloud"]["cpu_per_worker"] <= 1.0
 
 
 def test_profile_command_writes_the_file(sites: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

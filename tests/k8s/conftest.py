@@ -1,9 +1,11 @@
 """Fixtures for the tests against a real Kubernetes control plane (marker `k8s`, `make k8s-test`).
 
 One control plane per session: etcd + kube-apiserver first; kube-controller-manager and kwok
-join when a test asks for them. Without the binaries (k8s/build.sh builds them) every test here
-is skipped with the reason, never passed. A failing test's report carries the control plane's
-log tails. At the end every process is stopped and checked gone.
+join when a test asks for them. A test module that needs the API server configured otherwise,
+or stopped and restarted, gets a control plane of its own (`uncached_control_plane`). Without
+the binaries (k8s/build.sh builds them) every test here is skipped with the reason, never
+passed. A failing test's report carries the control planes' log tails. At the end every process
+is stopped and checked gone.
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from controlplane import CONTROLLERS, HPA_FLAGS, ControlPlane, binary_dir, missing_binaries, wait_for
+from controlplane import (CONTROLLERS, HPA_FLAGS, ControlPlane, binary_dir, missing_binaries, wait_for,
+                          write_kubeconfig)
 from serverside import Server
 from test_deploy import NAMESPACE, objects
 
@@ -33,7 +36,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     outcome = yield
     report = outcome.get_result()
     if report.failed and _running:
-        report.sections.append(("control plane logs (tails)", _running[0].logs()))
+        report.sections.append(("control plane logs (tails)", "\n".join(plane.logs() for plane in _running)))
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +51,24 @@ def k8s_binaries() -> Path:
 
 @pytest.fixture(scope="session")
 def control_plane(k8s_binaries: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    plane = ControlPlane(k8s_binaries, tmp_path_factory.mktemp("k8s"))
+    yield from _running_plane(ControlPlane(k8s_binaries, tmp_path_factory.mktemp("k8s")))
+
+
+# Watches of EndpointSlices go to etcd, not to the watch cache: an etcd compaction then expires
+# a watch's resourceVersion at once (the watch cache would go on serving it from the events it
+# keeps in memory, for at least 75 s).
+UNCACHED_ENDPOINTSLICES = ("--watch-cache-sizes=endpointslices.discovery.k8s.io#0",)
+
+
+@pytest.fixture(scope="module")
+def uncached_control_plane(k8s_binaries: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """A control plane of the test module's own (etcd + kube-apiserver), free to be compacted or
+    restarted, its API server without a watch cache for EndpointSlices."""
+    yield from _running_plane(ControlPlane(k8s_binaries, tmp_path_factory.mktemp("k8s-uncached"),
+                                           apiserver_flags=UNCACHED_ENDPOINTSLICES))
+
+
+def _running_plane(plane: ControlPlane) -> Iterator[ControlPlane]:
     _running.append(plane)
     try:
         plane.start()
@@ -105,6 +125,20 @@ def preprocessor_rbac(server: Server, namespace: str) -> None:
         if obj["kind"] in ("ServiceAccount", "Role", "RoleBinding"):
             answer = server.apply(obj, dry_run=False)
             assert answer.accepted, answer
+
+
+@pytest.fixture(scope="session")
+def preprocessor_kubeconfig(control_plane: ControlPlane, api: Any, preprocessor_rbac: None,
+                            tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A kubeconfig holding a token of the preprocessor's ServiceAccount (TokenRequest), as its pod has."""
+    from kubernetes import client
+
+    request = client.CoreV1Api(api).create_namespaced_service_account_token(
+        "preprocessor", NAMESPACE, {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                                    "spec": {"expirationSeconds": 3600}})
+    path = tmp_path_factory.mktemp("preprocessor") / "preprocessor.kubeconfig"
+    return write_kubeconfig(path, control_plane.server, control_plane.ca.cert_path, "preprocessor",
+                            {"token": request.status.token})
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import json
 import os
 import shutil
 import ssl
@@ -22,6 +23,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
+from urllib.parse import parse_qsl, urlsplit
 
 import requests
 import yaml
@@ -38,6 +40,14 @@ BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kwok")
 SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/24"   # allocated, never routed: nothing sends to it
 FRONT_PROXY_USER = "front-proxy-client"
 ADMIN_USER = "edgeoffload-admin"
+# The API server's audit log records each list and watch of EndpointSlices as it arrives, so
+# that tests see which resourceVersion a watch asked for (and nothing else: the log stays small).
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["ResponseStarted", "ResponseComplete"],
+    "rules": [{"level": "Metadata", "verbs": ["list", "watch"],
+               "resources": [{"group": "discovery.k8s.io", "resources": ["endpointslices"]}]},
+              {"level": "None"}],
+}
 # Not a whole second: HPA windows and periods are whole seconds, so sync ages (k x 1.4 s) stay
 # clear of their boundaries, where the controller's own clock jitter would decide.
 HPA_SYNC_PERIOD_S = 1.4
@@ -127,11 +137,13 @@ class CertificateAuthority:
         return cert_path, key_path
 
 
-def write_kubeconfig(path: Path, server: str, ca: Path, cert: Path, key: Path, user: str) -> Path:
+def write_kubeconfig(path: Path, server: str, ca: Path, user: str, credentials: Mapping[str, str]) -> Path:
+    """A kubeconfig for `user`; `credentials` as kubeconfig names them: client-certificate and
+    client-key, or token (a ServiceAccount's bearer token, as a pod has)."""
     config = {
         "apiVersion": "v1", "kind": "Config", "current-context": "test",
         "clusters": [{"name": "test", "cluster": {"server": server, "certificate-authority": str(ca)}}],
-        "users": [{"name": user, "user": {"client-certificate": str(cert), "client-key": str(key)}}],
+        "users": [{"name": user, "user": dict(credentials)}],
         "contexts": [{"name": "test", "context": {"cluster": "test", "user": user}}],
     }
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
@@ -187,10 +199,12 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str, processes
 # ------------------------------------------------------------------ the control plane
 @dataclass
 class ControlPlane:
-    """etcd + kube-apiserver on loopback; controllers and kwok are added on demand."""
+    """etcd + kube-apiserver on loopback; controllers and kwok are added on demand.
+    `apiserver_flags` are appended to kube-apiserver's command line."""
 
     binaries: Path
     folder: Path
+    apiserver_flags: Sequence[str] = ()
     processes: dict[str, Process] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -206,11 +220,15 @@ class ControlPlane:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
         self.port = free_port()
         self.server = f"https://127.0.0.1:{self.port}"
+        self.etcd_url = ""
+        self.audit_log = self.folder / "audit.log"
+        self._apiserver_command: list[str] = []
         self.admin_kubeconfig = self._kubeconfig("admin", ADMIN_USER, ("system:masters",))
 
     def _kubeconfig(self, stem: str, user: str, groups: Sequence[str] = ()) -> Path:
         cert, key = self.ca.issue(stem, user, groups)
-        return write_kubeconfig(self.folder / f"{stem}.kubeconfig", self.server, self.ca.cert_path, cert, key, user)
+        return write_kubeconfig(self.folder / f"{stem}.kubeconfig", self.server, self.ca.cert_path, user,
+                                {"client-certificate": str(cert), "client-key": str(key)})
 
     def _start(self, name: str, command: Sequence[str]) -> Process:
         process = Process.start(name, command, self.folder)
@@ -220,17 +238,20 @@ class ControlPlane:
     # -- etcd and kube-apiserver ------------------------------------------------------------
     def start(self, timeout: float = 180.0) -> "ControlPlane":
         client, peer = free_port(), free_port()
+        self.etcd_url = f"http://127.0.0.1:{client}"
         etcd = self._start("etcd", [
             str(self.binaries / "etcd"), "--name=test", f"--data-dir={self.folder / 'etcd'}",
             f"--listen-client-urls=http://127.0.0.1:{client}", f"--advertise-client-urls=http://127.0.0.1:{client}",
             f"--listen-peer-urls=http://127.0.0.1:{peer}", f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
             f"--initial-cluster=test=http://127.0.0.1:{peer}", "--unsafe-no-fsync", "--log-level=warn"])
-        wait_for(lambda: _http_ok(f"http://127.0.0.1:{client}/health"), 60, "etcd health", [etcd])
+        wait_for(lambda: _http_ok(f"{self.etcd_url}/health"), 60, "etcd health", [etcd])
         serving = self.ca.issue("apiserver", "kube-apiserver",
                                 hosts=("127.0.0.1", "localhost", "kubernetes", "kubernetes.default.svc", "10.96.0.1"))
         proxy_cert, proxy_key = self.front_proxy_ca.issue("front-proxy-client", FRONT_PROXY_USER)
-        apiserver = self._start("kube-apiserver", [
-            str(self.binaries / "kube-apiserver"), f"--etcd-servers=http://127.0.0.1:{client}",
+        audit_policy = self.folder / "audit-policy.yaml"
+        audit_policy.write_text(yaml.safe_dump(AUDIT_POLICY), encoding="utf-8")
+        self._apiserver_command = [
+            str(self.binaries / "kube-apiserver"), f"--etcd-servers={self.etcd_url}",
             "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={self.port}",
             f"--tls-cert-file={serving[0]}", f"--tls-private-key-file={serving[1]}",
             f"--client-ca-file={self.ca.cert_path}",
@@ -245,9 +266,41 @@ class ControlPlane:
             f"--requestheader-allowed-names={FRONT_PROXY_USER}", "--requestheader-extra-headers-prefix=X-Remote-Extra-",
             "--requestheader-group-headers=X-Remote-Group", "--requestheader-username-headers=X-Remote-User",
             f"--proxy-client-cert-file={proxy_cert}", f"--proxy-client-key-file={proxy_key}",
-            "--profiling=false", "--v=1"])
-        wait_for(self.ready, timeout, "kube-apiserver /readyz", [etcd, apiserver], interval=0.5)
+            f"--audit-policy-file={audit_policy}", f"--audit-log-path={self.audit_log}", "--audit-log-mode=blocking",
+            "--profiling=false", "--v=1", *self.apiserver_flags]
+        self.start_apiserver(timeout)
         return self
+
+    def start_apiserver(self, timeout: float = 180.0) -> None:
+        """(Re)start kube-apiserver on the same port, with the same etcd and flags; until ready."""
+        apiserver = self._start("kube-apiserver", self._apiserver_command)
+        wait_for(self.ready, timeout, "kube-apiserver /readyz", [self.processes["etcd"], apiserver], interval=0.5)
+
+    def stop_apiserver(self) -> None:
+        """Stop kube-apiserver only (SIGTERM: it ends its watches); etcd keeps the data."""
+        self.processes["kube-apiserver"].stop()
+
+    def compact_etcd(self, revision: int) -> None:
+        """Compact etcd's history up to `revision` (the API server's compactor does so every
+        5 minutes), and wait until it is physically done: a watch from an older resourceVersion
+        then gets 410 Gone."""
+        with requests.Session() as session:
+            session.trust_env = False
+            response = session.post(f"{self.etcd_url}/v3/kv/compaction",
+                                    json={"revision": str(revision), "physical": True}, timeout=30)
+        response.raise_for_status()
+
+    def endpointslice_requests(self) -> list[tuple[str, dict[str, str]]]:
+        """(verb, query parameters) of every list and watch of EndpointSlices the API server has
+        received, in order (from its audit log, written before each request is served)."""
+        if not self.audit_log.exists():
+            return []
+        text = self.audit_log.read_text(encoding="utf-8")
+        received = []
+        for line in text[:text.rfind("\n") + 1].splitlines():   # not a line still being written
+            event = json.loads(line)
+            received.append((event["verb"], dict(parse_qsl(urlsplit(event["requestURI"]).query))))
+        return received
 
     def _ssl_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=str(self.ca.cert_path))

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-import yaml
 from controlplane import ControlPlane, wait_for
 from podnet import PodNetwork, available
 from serverside import Server
@@ -130,22 +129,6 @@ def pod_network() -> Iterator[PodNetwork]:
     network.stop()
 
 
-def preprocessor_kubeconfig(api: Any, control_plane: ControlPlane, path: Path) -> Path:
-    """A kubeconfig holding a token of the preprocessor's ServiceAccount (TokenRequest)."""
-    from kubernetes import client
-
-    request = client.CoreV1Api(api).create_namespaced_service_account_token(
-        "preprocessor", NAMESPACE, {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-                                    "spec": {"expirationSeconds": 3600}})
-    config = {"apiVersion": "v1", "kind": "Config", "current-context": "pre",
-              "clusters": [{"name": "test", "cluster": {"server": control_plane.server,
-                                                        "certificate-authority": str(control_plane.ca.cert_path)}}],
-              "users": [{"name": "preprocessor", "user": {"token": request.status.token}}],
-              "contexts": [{"name": "pre", "context": {"cluster": "test", "user": "preprocessor"}}]}
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    return path
-
-
 def the_unit(kind: str, name: str) -> dict[str, Any]:
     return copy.deepcopy(next(o for o in objects() if o["kind"] == kind and o["metadata"]["name"] == name))
 
@@ -191,8 +174,8 @@ class Site:
 
 
 @pytest.fixture(scope="module")
-def site(control_plane: ControlPlane, api: Any, server: Server, namespace: str, preprocessor_rbac: None,
-         kwok: ControlPlane, pod_network: PodNetwork, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+def site(api: Any, server: Server, namespace: str, preprocessor_kubeconfig: Path, kwok: ControlPlane,
+         pod_network: PodNetwork, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     kwok.create_kwok_node(api, NODE, pod_network.pod_cidr, labels={"edgeoffload.io/edge": "true"})
     deployment = the_unit("Deployment", DEPLOYMENT)
     deployment["spec"]["replicas"] = 1
@@ -202,8 +185,7 @@ def site(control_plane: ControlPlane, api: Any, server: Server, namespace: str, 
         assert answer.accepted and not answer.warnings, answer
     folder = tmp_path_factory.mktemp("discovery")
     kubelet = Kubelet(api, pod_network, folder / "units").start()
-    kubeconfig = preprocessor_kubeconfig(api, control_plane, folder / "preprocessor.kubeconfig")
-    source = WatchedSource(EndpointSliceWatch(kubernetes_api_client(str(kubeconfig)), NAMESPACE, SERVICE))
+    source = WatchedSource(EndpointSliceWatch(kubernetes_api_client(str(preprocessor_kubeconfig)), NAMESPACE, SERVICE))
     records: list[FrameRecord] = []
     edge = SiteConfig(EDGE, f"http://{SERVICE}:{PORT}", queue_size=256, per_replica=PER_REPLICA,
                       service_s=SLEEP_PAD_MS / 1000)
