@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -22,22 +23,25 @@ from pathlib import Path
 
 RESULTS_TOPIC = "edgeoffload/results"
 STATUS_TOPIC = "edgeoffload/status"
+PREVIEWS_TOPIC = "edgeoffload/previews"   # small retained frames for the live page (edgeoffload.preview)
 K8S_CONFIG_DIR = "/mosquitto/config"
 K8S_SECRET_DIR = "/mosquitto/secret"
 K8S_DATA_DIR = "/mosquitto/data"
 K8S_TLS_DIR = "/mosquitto/tls"
 PASSWORD_ITERATIONS = 101  # what mosquitto_passwd uses for its $7$ (PBKDF2-SHA512) hashes
 
-# Who may do what. The preprocessor publishes results and its status; the webserver only
-# reads; the autoscaler publishes replica counts; `monitor` is a read-only tool account.
+# Who may do what. The preprocessor publishes results, camera previews and its status; the
+# webserver only reads; the autoscaler publishes replica counts; `monitor` is a read-only tool account.
 ACL = """\
 # EdgeBrokerProvider ACL: anything not granted here is denied.
 user preprocessor
 topic write edgeoffload/results/#
+topic write edgeoffload/previews/#
 topic readwrite edgeoffload/status/preprocessor
 
 user webserver
 topic read edgeoffload/results/#
+topic read edgeoffload/previews/#
 topic read edgeoffload/status/#
 
 user autoscaler
@@ -82,7 +86,7 @@ def render_config(port: int, password_file: str, acl_file: str, data_dir: str | 
         "allow_anonymous false",
         f"password_file {password_file}",
         f"acl_file {acl_file}",
-        "# A frame record is small; refuse anything that is not (bytes; Mosquitto 2's message_size_limit).",
+        "# A frame record or a camera preview is small; refuse anything that is not (bytes; Mosquitto 2's message_size_limit).",
         "max_packet_size 262144",
         "# Defaults (1000 queued, 20 in flight) silently drop QoS 1 messages for slow subscribers.",
         "max_queued_messages 100000",
@@ -291,13 +295,24 @@ def run(args: argparse.Namespace) -> int:
         users = dict(_split_pair(pair) for pair in args.pairs)
         print(password_file_text(users), end="")
     else:
-        tls = tls_from(args, "")
-        with start_broker(args.port, args.host, tls=tls) as broker:
-            print(f"mosquitto on {'mqtts' if tls else 'mqtt'}://{broker.host}:{broker.port}"
-                  + (" (TLS only)" if tls else ""))
-            for role, password in broker.users.items():
-                print(f"  {role}: {password}", flush=True)
-            broker.process.wait()
+        return run_until_stopped(args.port, args.host, tls_from(args, ""))
+    return 0
+
+
+def run_until_stopped(port: int, host: str, tls: TLSFiles | None = None) -> int:
+    """`broker run`: Mosquitto until Ctrl-C or SIGTERM (both stop it: it runs in a session of
+    its own, so a signal to this command alone would leave it orphaned)."""
+    from edgeoffload.stopsignals import StopOnSignals
+
+    with StopOnSignals("the broker") as stop, start_broker(port, host, tls=tls) as broker:
+        print(f"mosquitto on {'mqtts' if tls else 'mqtt'}://{broker.host}:{broker.port}"
+              + (" (TLS only)" if tls else ""), flush=True)
+        for role, password in broker.users.items():
+            print(f"  {role}: {password}", flush=True)
+        while not stop.wait(0.5):
+            if broker.process is None or broker.process.poll() is not None:
+                print(f"mosquitto exited:\n{broker.log()[-2000:]}", file=sys.stderr)
+                return 1
     return 0
 
 

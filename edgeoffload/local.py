@@ -22,8 +22,8 @@ import atexit
 import dataclasses
 import logging
 import math
+import os
 import shutil
-import signal
 import socket
 import sys
 import tempfile
@@ -33,7 +33,6 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Callable
 
 from edgeoffload.broker import BrokerProcess, TLSFiles, add_tls_arguments, find_mosquitto, start_broker, tls_from
@@ -42,11 +41,13 @@ from edgeoffload.endpointslices import EndpointSliceServer, EndpointSliceStore
 from edgeoffload.localscale import (RESTART_BACKOFF_MAX_S, LocalAutoscaler, ReplicaPool, ScaleStatus, restart_delay,
                                     status_message)
 from edgeoffload.messaging import MQTTSettings, Publisher
+from edgeoffload.policy import load_policy
 from edgeoffload.relay import LinkProfile, TcpRelay, Wan
 from edgeoffload.serve import UnitProcess, free_port, start_unit
+from edgeoffload.stopsignals import StopOnSignals
 from edgeoffload.config import load_config
 from edgeoffload.units.inference import InferenceConfig
-from edgeoffload.unitfolders import autoscale_file, unit_settings
+from edgeoffload.unitfolders import autoscale_file, unit_settings, units_root
 
 log = logging.getLogger(__name__)
 SITES = ("edge", "cloud")
@@ -234,6 +235,7 @@ class Testbed:
 
     def _start(self, progress: Callable[[str], None]) -> None:
         opts = self.options
+        load_policy(opts.policy)  # a typo or a broken policy file fails here, before any process starts
         if find_mosquitto() is None:
             raise FileNotFoundError("mosquitto is not installed (make system-deps, or apt-get install mosquitto)")
         progress("starting broker")
@@ -243,6 +245,10 @@ class Testbed:
         # with its subscribers' sessions, and the publishers re-send what it had not saved.
         self.broker = start_broker(opts.broker_port or None, opts.host, tls=opts.broker_tls)
         self._write_pid_file()
+        # For the replay command describe() prints: a file, so the password stays out of argv.
+        self.monitor_password_file.touch(mode=0o600)
+        self.monitor_password_file.chmod(0o600)
+        self.monitor_password_file.write_text(self.broker.users["monitor"] + "\n", encoding="utf-8")
         # The API server's part in discovery: the pools' replicas as EndpointSlices, which the
         # preprocessor watches through a kubeconfig, as it watches a cluster's in a pod.
         self.endpoint_api = EndpointSliceServer(EndpointSliceStore(NAMESPACE), host=opts.host).start()
@@ -374,6 +380,10 @@ class Testbed:
     def kubeconfig(self) -> Path:
         return self.workdir / "kubeconfig"
 
+    @property
+    def monitor_password_file(self) -> Path:
+        return self.workdir / "monitor.password"
+
     def _preprocessor_env(self) -> dict[str, str]:
         """The ConfigMap's settings, wired to this machine's broker, Services and EndpointSlice API."""
         assert self.broker is not None
@@ -410,7 +420,9 @@ class Testbed:
             "WEB_MQTT_USERNAME": "webserver",
             "WEB_MQTT_PASSWORD": self.broker.users["webserver"],
             "WEB_MQTT_CAFILE": self._mqtt_cafile,
-            "WEB_RESULTS_DIR": str(self.workdir / "results"),
+            # This testbed's runs first, then the experiments committed beside the unit folders.
+            "WEB_RESULTS_DIR": os.pathsep.join(str(d) for d in (self.workdir / "results", committed_results())
+                                               if d is not None),
         }
 
     def stop(self) -> None:
@@ -450,10 +462,15 @@ class Testbed:
     def __exit__(self, *_exc: object) -> None:
         self.stop()
 
+    def scaling_numbers(self) -> dict[str, dict[str, int]]:
+        """Replica counts per pool (rescales include the initial start, so they are not changes)."""
+        return {site: {"now": pool.size, "peak": pool.peak, "autoscaler_changes": max(0, pool.rescales - 1)}
+                for site, pool in self.pools.items()}
+
     def scaling_rows(self) -> list[tuple[str, str]]:
-        """Replica counts per pool for a summary table (rescales include the initial start), then restarts."""
-        rows = [(f"{site} replicas", f"{pool.size} now, peak {pool.peak}, {max(0, pool.rescales - 1)} autoscaler change(s)")
-                for site, pool in self.pools.items()]
+        """scaling_numbers for a summary table, then the restarts per component."""
+        rows = [(f"{site} replicas", f"{n['now']} now, peak {n['peak']}, {n['autoscaler_changes']} autoscaler change(s)")
+                for site, n in self.scaling_numbers().items()]
         restarts = self.restart_counts()
         return rows + [("restarts", ", ".join(f"{name} {count}" for name, count in restarts.items()))]
 
@@ -474,11 +491,17 @@ class Testbed:
         if self.broker:
             lines.append(f"replay into it: edgeoffload replay TRACE --target {self.preprocessor_url} "
                          f"--mqtt-port {self.broker.port} --mqtt-user monitor "
-                         f"--mqtt-password {self.broker.users['monitor']}"
+                         f"--mqtt-password-file {self.monitor_password_file}"
                          + (f" --mqtt-cafile {self._mqtt_cafile}" if self._mqtt_cafile else "")
-                         + "  (local, per-run password)")
+                         + "  (per-run password, readable by you only)")
         lines.append(f"logs:          {self.log_dir}")
         return "\n".join(lines)
+
+
+def committed_results() -> Path | None:
+    """experiments/results of a source checkout (what `make` installs), if there is one."""
+    folder = units_root() / "experiments" / "results"
+    return folder if folder.is_dir() else None
 
 
 def port_or_free(host: str, port: int) -> int:
@@ -496,31 +519,6 @@ def port_or_free(host: str, port: int) -> int:
 
 def _mbps(bps: float) -> str:
     return "unlimited" if math.isinf(bps) else f"{bps / 1e6:g} Mbit/s"
-
-
-class StopOnSignals:
-    """Turn SIGINT/SIGTERM/SIGHUP into a `stop` event (restoring the previous handlers after)."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self._previous: dict[int, object] = {}
-
-    def __enter__(self) -> threading.Event:
-        for sig in self.SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self.event
-
-    def _handle(self, signum: int, _frame: FrameType | None) -> None:
-        if self.event.is_set():  # second Ctrl-C: stop waiting politely
-            raise KeyboardInterrupt
-        print(f"\n{signal.Signals(signum).name}: stopping the testbed...", file=sys.stderr)
-        self.event.set()
-
-    def __exit__(self, *_exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)  # type: ignore[arg-type]
 
 
 # --- command line ---------------------------------------------------------------------------

@@ -54,6 +54,8 @@ UNIT_OF_DEPLOYMENT = {
 }
 SCENARIO_POOL_DEPLOYMENTS = {"edge": "edge-inference", "cloud": "cloud-inference"}
 PLACEHOLDER = "REPLACE_ME"
+# Pinned to a release: a moving tag (":2") would change the broker on the next pull.
+MOSQUITTO_IMAGE = "eclipse-mosquitto:2.0.21"
 
 
 # ------------------------------------------------------------------ loading
@@ -166,7 +168,7 @@ def test_kustomize_build_yields_exactly_the_manifests() -> None:
     assert sorted((d["kind"], d["metadata"]["name"]) for d in rendered) == \
         sorted((o["kind"], o["metadata"]["name"]) for o in objects())
     images = {c["image"] for d in rendered if d["kind"] == "Deployment" for c in pod_spec(d)["containers"]}
-    assert images == {f"edgeoffload:{project_version()}", "eclipse-mosquitto:2"}
+    assert images == {f"edgeoffload:{project_version()}", MOSQUITTO_IMAGE}
 
 
 # ------------------------------------------------------------------ units: routes, env, probes
@@ -682,7 +684,7 @@ def test_broker_config_map_is_the_rendered_config_and_acl() -> None:
 def test_broker_deployment_mounts_what_the_config_names() -> None:
     deployment = of_kind("Deployment")["broker"]
     container = only_container(deployment)
-    assert container["image"] == "eclipse-mosquitto:2"
+    assert container["image"] == MOSQUITTO_IMAGE
     assert container["command"] == ["mosquitto", "-c", f"{broker.K8S_CONFIG_DIR}/mosquitto.conf"]
     volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
     mounts = {m["mountPath"].rstrip("/"): volumes[m["name"]] for m in container["volumeMounts"]}
@@ -881,3 +883,10 @@ def test_yolo_image_serves_the_fetched_model_with_the_manifest_settings(fetch_mo
         hpa_metric = next(m.name for s in load_hpa_manifests(ROOT / "autoscale.yml")
                           if s.target == "edge-inference" for m in s.metrics if m.kind == "Pods")
         assert re.search(rf'^{hpa_metric}\{{site="edge"\}} 0\.0$', exposed, re.M), exposed[:2000]
+
+
+def test_the_image_carries_the_committed_results_where_the_webserver_shows_them() -> None:
+    copies = [shlex.split(c) for c in dockerfile_instructions("COPY") if not c.startswith("--from=")]
+    (destination,) = [dest for *sources, dest in copies if sources == ["experiments/results"]]
+    assert config_map_env(of_kind("Deployment")["webserver"])["WEB_RESULTS_DIR"] == destination
+    assert dockerignore_allows("experiments/results") and (ROOT / "experiments" / "results").is_dir()

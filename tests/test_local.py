@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -16,6 +17,7 @@ import requests
 from edgeoffload.load.sample_video import SampleVideoSpec, sample_jpegs
 from edgeoffload.local import SiteOptions, Testbed, TestbedOptions
 from edgeoffload.messaging import Subscriber
+from edgeoffload.records import read_records
 
 # Runs a command module the way edgeoffload.cli does (register + run), without the COMMANDS table.
 RUNNER = ("import argparse, importlib, sys; module = importlib.import_module(sys.argv[1]); "
@@ -59,6 +61,9 @@ def test_testbed_wires_every_unit_and_stops_every_process(tmp_path: Path) -> Non
         assert record["status"] == "ok" and record["site"] in ("edge", "cloud")
         assert record["model"].startswith(record["site"] + "/haar-face")
         assert requests.get(testbed.web_url + "/healthz", timeout=5).status_code == 200
+        # the committed experiments are browsable beside the testbed's own runs
+        listing = requests.get(testbed.web_url + "/experiments", timeout=5).text
+        assert "policy_comparison" in listing and "sim_vs_real" in listing
         deadline = time.monotonic() + 10
         while "edgeoffload/status/autoscaler" not in statuses and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -89,15 +94,23 @@ def test_cloud_requests_cross_the_emulated_wan(tmp_path: Path) -> None:
 
 
 def test_demo_command_accounts_for_every_frame_and_leaves_no_process(tmp_path: Path) -> None:
+    copy = tmp_path / "copy.parquet"
     completed = subprocess.run(
         [sys.executable, "-c", RUNNER, "edgeoffload.demo", "--cameras", "2", "--fps", "2", "--duration", "3",
-         "--quiet", "--workdir", str(tmp_path), *FREE_PORTS],
+         "--quiet", "--workdir", str(tmp_path), "--out", str(copy), *FREE_PORTS],
         capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert "accounted (1 record each)  12/12" in completed.stdout
     assert "web page: http://127.0.0.1:" in completed.stdout
-    assert (tmp_path / "results" / "demo" / "summary.json").is_file()
-    assert len((tmp_path / "results" / "demo" / "records.csv").read_text().splitlines()) == 13
+    experiment = tmp_path / "results" / "demo"
+    summary = json.loads((experiment / "summary.json").read_text())
+    assert summary["frames_sent"] == summary["accounted"] == summary["records"] == 12  # numbers, not text
+    assert summary["missing_records"] == 0 and isinstance(summary["wall_time_s"], float)
+    assert set(summary["latency_ms"]) == {"p50", "p95", "p99"} and summary["replicas"]["edge"]["now"] >= 1
+    assert len((experiment / "records.csv").read_text().splitlines()) == 13
+    assert list(read_records(copy)) == list(read_records(experiment / "records.csv"))  # --out keeps a copy
+    for plot in ("latency_cdf.png", "decisions.png"):
+        assert (experiment / plot).read_bytes().startswith(b"\x89PNG")
     pids = _pids(tmp_path)
     assert len(pids) >= 5
     assert _wait_gone(pids, timeout=1.0) == []

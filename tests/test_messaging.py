@@ -324,3 +324,43 @@ def test_records_flow_over_tls_and_nothing_else_is_served(broker_workdir: Path, 
         with Publisher(untrusted) as rejected:  # wrong CA: the handshake must fail
             assert not rejected.wait_connected(1.5)
     assert sink.records[0].camera == "tls"
+
+
+def test_previews_are_retained_at_qos0_readable_by_the_webserver_and_not_counted_as_records(
+        broker: BrokerProcess) -> None:
+    from edgeoffload.broker import PREVIEWS_TOPIC
+    from edgeoffload.messaging import preview_topic
+
+    assert preview_topic("door/1") == "edgeoffload/previews/door_1"
+    received: list[tuple[str, bytes]] = []
+    with Publisher(settings_for(broker, "preprocessor")) as pub:
+        assert pub.wait_connected(WAIT), pub.last_error
+        for i in range(200):  # many: every QoS 0 id must be forgotten once written
+            assert pub.publish_preview("door/1", b'{"n": %d}' % i)
+        assert pub.publish_record(record(1))
+        assert pub.flush(WAIT)
+        assert poll(lambda: not pub._previews_in_flight)  # noqa: SLF001 - no id left to clash with a record's
+        stats = pub.stats()
+        # Subscribes afterwards: only the retained (last) preview can reach it.
+        with Subscriber(settings_for(broker, "webserver"), (f"{PREVIEWS_TOPIC}/#",),
+                        on_preview=lambda topic, payload: received.append((topic, payload))) as sub:
+            assert sub.wait_subscribed(WAIT)
+            assert poll(lambda: len(received) == 1)
+    assert received == [("edgeoffload/previews/door_1", b'{"n": 199}')]
+    assert stats.published == 1 and stats.acked == 1 and stats.buffered == 0  # the record only
+
+
+def test_only_the_preprocessor_may_publish_previews(broker: BrokerProcess) -> None:
+    from edgeoffload.broker import PREVIEWS_TOPIC
+
+    received: list[bytes] = []  # of this test's camera (other tests' retained previews may arrive too)
+    with Subscriber(settings_for(broker, "monitor"), (f"{PREVIEWS_TOPIC}/acl-cam",),
+                    on_preview=lambda _topic, payload: received.append(payload)) as monitor, \
+            Publisher(settings_for(broker, "webserver"), unit="webserver") as intruder, \
+            Publisher(settings_for(broker, "preprocessor")) as legit:
+        assert monitor.wait_subscribed(WAIT) and intruder.wait_connected(WAIT) and legit.wait_connected(WAIT)
+        intruder.publish_preview("acl-cam", b"forged")
+        legit.publish_preview("acl-cam", b"real")
+        assert poll(lambda: b"real" in received)
+        time.sleep(0.3)
+    assert received == [b"real"]

@@ -53,6 +53,7 @@ from edgeoffload.offload import (CLOUD, EDGE, NATIVE, Box, FrameJob, Offloader, 
                                  identity_box)
 from edgeoffload.openinference import DetectionMapping
 from edgeoffload.policy import Policy, load_policy
+from edgeoffload.preview import PreviewSampler, PreviewSettings
 from edgeoffload.records import FrameRecord
 from edgeoffload.sources import FrameSource, parse_sources, valid_camera
 from edgeoffload.units.body import read_body
@@ -139,6 +140,12 @@ class PreprocessorConfig:
     mqtt_max_buffered: int = 10000
     mqtt_resend_window_s: float = 10.0       # >= 2x the broker's autosave_interval (5 s)
     flush_timeout_s: float = 10.0            # at shutdown, wait this long for broker acks
+    # Camera previews for the live page (edgeoffload.preview): a shrunk processed frame with its
+    # boxes, retained at QoS 0 on edgeoffload/previews/<camera>, at most PREVIEW_FPS per camera.
+    preview: bool = True
+    preview_width: int = 320
+    preview_fps: float = 2.0
+    preview_max_bytes: int = 48 * 1024
 
     def __post_init__(self) -> None:
         if not 1 <= self.jpeg_quality <= 100:
@@ -171,6 +178,11 @@ class PreprocessorConfig:
             parse_sources(self.sources)
         except ValueError as exc:
             raise ConfigError(f"{ENV_PREFIX}SOURCES: {exc}") from None
+        if self.preview and (problems := self.preview_settings().problems()):
+            raise ConfigError(f"{ENV_PREFIX}PREVIEW_{problems[0]}")
+
+    def preview_settings(self) -> PreviewSettings:
+        return PreviewSettings(self.preview, self.preview_width, self.preview_fps, self.preview_max_bytes)
 
     def site_protocol(self, site: str) -> SiteProtocol:
         """How the preprocessor asks `site`; ConfigError names the setting that is wrong."""
@@ -235,6 +247,7 @@ class PreparedFrame:
 
     payload: bytes
     to_original: Callable[[Box], Box]
+    image: np.ndarray | None = None   # the decoded frame, for the camera preview; dropped after ingest
 
 
 class FramePreparer:
@@ -259,16 +272,16 @@ class FramePreparer:
         if image.shape[:2] == (height, width):
             return prepared
         reduced = unscale(image.shape[1] / width, image.shape[0] / height)
-        return PreparedFrame(prepared.payload, lambda box: reduced(prepared.to_original(box)))
+        return PreparedFrame(prepared.payload, lambda box: reduced(prepared.to_original(box)), image)
 
     def from_image(self, image: np.ndarray) -> PreparedFrame:
         if self.input_size is not None:
             boxed = letterbox(image, self.input_size)
-            return PreparedFrame(encode_jpeg(boxed.image, self.quality), boxed.to_original)
+            return PreparedFrame(encode_jpeg(boxed.image, self.quality), boxed.to_original, image)
         fitted = fit_within(image, self.max_side)
         scale = fitted.shape[1] / image.shape[1]
         to_original = unscale(scale, scale) if fitted is not image else identity_box
-        return PreparedFrame(encode_jpeg(fitted, self.quality), to_original)
+        return PreparedFrame(encode_jpeg(fitted, self.quality), to_original, image)
 
 
 class FrameRejected(Exception):
@@ -341,6 +354,7 @@ class Preprocessor:
         self.policy = policy or load_policy(config.policy, seed=config.seed)
         self.preparer = FramePreparer(config.max_side, config.input_size, config.jpeg_quality, config.max_pixels,
                                       DecodeBudget(config.decode_budget_mb << 20))
+        self.previews = PreviewSampler(config.preview_settings(), config.max_cameras)
         self.sources = [FrameSource(spec, self.ingest_image, self.ingest_bytes, config.source_fps, config.source_loop)
                         for spec in parse_sources(config.sources)]
         self.publisher = Publisher(config.mqtt_settings(), unit=UNIT, online_status={
@@ -393,15 +407,24 @@ class Preprocessor:
         metrics.PREPROCESSOR_FRAMES.labels(origin).inc()
         try:
             prepared = prepare()
-        except FrameError as exc:
+        except (FrameError, ValueError) as exc:
             if not had_slot:
                 raise FrameRejected(str(exc), None) from None
             job = self._new_job(camera, frame_id, arrived, captured_at)
             raise FrameRejected(str(exc), self.offloader.reject(job, f"bad_frame: {exc}")) from None
         job = self._new_job(camera, frame_id, arrived, captured_at)
+        self._offer_preview(job, prepared.image)
         job.payload = prepared.payload
         job.to_original = prepared.to_original
         return self.offloader.submit(job)
+
+    def _offer_preview(self, job: FrameJob, image: np.ndarray | None) -> None:
+        if image is None:
+            return
+        try:
+            self.previews.offer(job.camera, job.frame_id, image)
+        except Exception:  # a preview must never cost the frame its record
+            log.exception("preview of frame %s/%d failed", job.camera, job.frame_id)
 
     def _new_job(self, camera: str, frame_id: int | None, arrived: float, captured_at: float) -> FrameJob:
         return FrameJob(camera=camera, frame_id=self.cameras.assign(camera, frame_id), captured_at=captured_at,
@@ -421,6 +444,8 @@ class Preprocessor:
         mid = self.publisher.publish_record(record)
         if mid is None:
             log.error("record %s/%d lost: MQTT buffer full", record.camera, record.frame_id)
+        if (preview := self.previews.take(record)) is not None:
+            self.publisher.publish_preview(record.camera, preview.to_json())
         return mid
 
     def record_room(self) -> int:

@@ -646,3 +646,43 @@ def test_status_is_retained_online_then_offline(broker: BrokerProcess, sites) ->
         assert watcher.stats().malformed == 0
     assert statuses[0]["state"] == "online" and statuses[0]["policy"] == "deadline"
     assert statuses[-1]["state"] == "offline"
+
+
+def test_previews_of_answered_frames_carry_their_boxes_at_most_fps_per_camera(running, broker: BrokerProcess,
+                                                                           astronaut_jpeg: bytes) -> None:
+    from edgeoffload.broker import PREVIEWS_TOPIC
+    from edgeoffload.preview import Preview
+
+    previews: list[Preview] = []
+    settings = MQTTSettings(host=broker.host, port=broker.port, username="webserver",
+                            password=broker.users["webserver"])
+    topics = (f"{PREVIEWS_TOPIC}/preview-cam", f"{PREVIEWS_TOPIC}/preview-off")  # not other tests' retained ones
+    with Subscriber(settings, topics,
+                    on_preview=lambda _topic, payload: previews.append(Preview.from_json(payload))) as subscriber:
+        assert subscriber.wait_subscribed(WAIT)
+        unit = running(policy="edge-only", preview_fps=1.0)
+        began = time.monotonic()
+        answers = [FrameRecord.from_dict(unit.post("preview-cam", astronaut_jpeg, wait=True).get_json())
+                   for _ in range(6)]
+        took = time.monotonic() - began
+        deadline = time.monotonic() + WAIT
+        while not previews and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        off = running(policy="edge-only", preview=False)
+        off.post("preview-off", astronaut_jpeg, wait=True)
+        time.sleep(0.5)
+    assert previews and {p.camera for p in previews} == {"preview-cam"}  # none from the unit with previews off
+    assert len(previews) <= 1 + took  # at most 1 per second
+    first = previews[0]
+    assert first.frame_id == 0 and (first.width, first.height) == (320, 320)  # the 512x512 astronaut, shrunk
+    (face,) = [d for d in first.detections if d.label == "face"]
+    original = next(d for d in answers[0].detections if d.label == "face")
+    assert face.box == pytest.approx(tuple(v * 320 / 512 for v in original.box), abs=0.2)
+    assert first.site == "edge" and first.replica == answers[0].replica and first.model == "edge/haar-face"
+
+
+def test_preview_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match="PRE_PREVIEW_WIDTH: must be 16..640"):
+        load_config(PreprocessorConfig, "PRE_", env={"PRE_PREVIEW_WIDTH": "4000"})
+    assert load_config(PreprocessorConfig, "PRE_", env={"PRE_PREVIEW": "false", "PRE_PREVIEW_WIDTH": "4000"}).preview is False
