@@ -49,6 +49,8 @@ RUN groupadd --system --gid "${UID}" edgeoffload \
                --shell /usr/sbin/nologin edgeoffload
 COPY --from=build /opt/venv /opt/venv
 COPY --from=models /models /models
+# The committed experiment results, shown under the webserver's /experiments (WEB_RESULTS_DIR).
+COPY experiments/results /srv/results
 # The root filesystem is read-only in the cluster: nothing may write bytecode, HOME is /tmp
 # (an emptyDir; gunicorn 27 also keeps its control socket under $HOME), and the Prometheus
 # multiprocess files live there too. PROMETHEUS_MULTIPROC_DIR must be set before gunicorn

@@ -502,6 +502,39 @@ def plot_timelines(path: str | Path, timelines: Mapping[str, Sequence[ReplicaPoi
     return _save(fig, plt, path)
 
 
+OUTCOME_COLORS = {"edge": "#0f9488", "cloud": "#5b5bd6", "dropped": "#dc4c3e", "error": "#9aa3b2"}
+
+
+def decisions_per_bin(records: Sequence[FrameRecord], bin_s: float = 1.0) -> dict[str, list[int]]:
+    """Frames per outcome (edge, cloud, dropped, error) in each `bin_s` of capture time since the first."""
+    times = relative_times(records)
+    bins = int(max(times, default=0.0) // bin_s) + 1 if records else 0
+    counts = {outcome: [0] * bins for outcome in OUTCOME_COLORS}
+    for record, t in zip(records, times):
+        outcome = record.site if record.status == "ok" else record.status
+        counts[outcome if outcome in counts else "error"][int(t // bin_s)] += 1
+    return counts
+
+
+def plot_decisions(path: str | Path, records: Sequence[FrameRecord], title: str, bin_s: float = 1.0) -> Path:
+    """Where each second's frames went (edge, cloud) or that they were dropped, stacked over time."""
+    plt = _pyplot()
+    counts = decisions_per_bin(records, bin_s)
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    bottom = [0] * len(next(iter(counts.values())))
+    starts = [i * bin_s for i in range(len(bottom))]
+    for outcome, values in counts.items():
+        ax.bar(starts, values, width=bin_s * 0.9, align="edge", bottom=bottom, color=OUTCOME_COLORS[outcome],
+               label=outcome)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    ax.set_xlabel("capture time since the first frame (s)")
+    ax.set_ylabel(f"frames per {bin_s:g} s")
+    ax.set_title(title)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncol=4)
+    return _save(fig, plt, path)
+
+
 def _save(fig: Any, plt: Any, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -514,5 +547,5 @@ def _save(fig: Any, plt: Any, path: str | Path) -> Path:
 __all__ = ["Column", "Deviation", "ScaleEvent", "SyncComparison", "SyncPoint", "compare_syncs", "in_phase",
            "scale_events", "CASCADE_COLUMNS", "METRIC_KEYS", "POLICY_COLUMNS", "ReplicaPoint", "RunMetrics", "after_warmup",
            "compare", "from_records", "from_runs", "from_summary", "markdown_table", "pareto_front", "plot_grouped_bars",
-           "plot_latency_cdf", "plot_pareto", "pod_seconds", "simulate_policies", "plot_timelines", "relative_error", "relative_times", "step_at",
+           "plot_latency_cdf", "plot_decisions", "decisions_per_bin", "plot_pareto", "pod_seconds", "simulate_policies", "plot_timelines", "relative_error", "relative_times", "step_at",
            "timeline_from_summary", "write_csv", "write_table"]

@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -22,21 +23,25 @@ from pathlib import Path
 
 RESULTS_TOPIC = "edgeoffload/results"
 STATUS_TOPIC = "edgeoffload/status"
+PREVIEWS_TOPIC = "edgeoffload/previews"   # small retained frames for the live page (edgeoffload.preview)
 K8S_CONFIG_DIR = "/mosquitto/config"
 K8S_SECRET_DIR = "/mosquitto/secret"
 K8S_DATA_DIR = "/mosquitto/data"
+K8S_TLS_DIR = "/mosquitto/tls"
 PASSWORD_ITERATIONS = 101  # what mosquitto_passwd uses for its $7$ (PBKDF2-SHA512) hashes
 
-# Who may do what. The preprocessor publishes results and its status; the webserver only
-# reads; the autoscaler publishes replica counts; `monitor` is a read-only tool account.
+# Who may do what. The preprocessor publishes results, camera previews and its status; the
+# webserver only reads; the autoscaler publishes replica counts; `monitor` is a read-only tool account.
 ACL = """\
 # EdgeBrokerProvider ACL: anything not granted here is denied.
 user preprocessor
 topic write edgeoffload/results/#
+topic write edgeoffload/previews/#
 topic readwrite edgeoffload/status/preprocessor
 
 user webserver
 topic read edgeoffload/results/#
+topic read edgeoffload/previews/#
 topic read edgeoffload/status/#
 
 user autoscaler
@@ -50,24 +55,38 @@ ROLES = ("preprocessor", "webserver", "autoscaler", "monitor")
 
 @dataclass(frozen=True, slots=True)
 class TLSFiles:
-    """Server certificate material for the optional TLS listener."""
+    """Server certificate material: with it the broker's one listener speaks TLS (no plaintext)."""
 
     cafile: str
     certfile: str
     keyfile: str
-    port: int = 8883
+
+    def installed_in(self, directory: Path) -> "TLSFiles":
+        """Copies in `directory` (ca.crt, tls.crt, tls.key: a kubernetes.io/tls Secret's names),
+        so Mosquitto reads them after dropping to its own user; FileNotFoundError names a missing one."""
+        directory.mkdir(parents=True, exist_ok=True)
+        copies = []
+        for source, name in ((self.cafile, "ca.crt"), (self.certfile, "tls.crt"), (self.keyfile, "tls.key")):
+            if not Path(source).is_file():
+                raise FileNotFoundError(f"TLS file not found: {source}")
+            target = directory / name
+            shutil.copyfile(source, target)
+            target.chmod(0o600)
+            copies.append(str(target))
+        return TLSFiles(*copies)
 
 
 def render_config(port: int, password_file: str, acl_file: str, data_dir: str | None,
                   bind: str = "0.0.0.0", tls: TLSFiles | None = None) -> str:
-    """mosquitto.conf: explicit listeners, no anonymous access, password file, ACL, bounded queues."""
+    """mosquitto.conf: one explicit listener (TLS only, when `tls` is given), no anonymous access,
+    password file, ACL, bounded queues."""
     lines = [
         "# Rendered by edgeoffload.broker.render_config: keep in sync by regenerating, not by hand.",
         "per_listener_settings false",
         "allow_anonymous false",
         f"password_file {password_file}",
         f"acl_file {acl_file}",
-        "# A frame record is small; refuse anything that is not (bytes; Mosquitto 2's message_size_limit).",
+        "# A frame record or a camera preview is small; refuse anything that is not (bytes; Mosquitto 2's message_size_limit).",
         "max_packet_size 262144",
         "# Defaults (1000 queued, 20 in flight) silently drop QoS 1 messages for slow subscribers.",
         "max_queued_messages 100000",
@@ -85,14 +104,16 @@ def render_config(port: int, password_file: str, acl_file: str, data_dir: str | 
         lines += ["persistence false"]
     lines += ["", f"listener {port} {bind}", "protocol mqtt"]
     if tls:
-        lines += ["", f"listener {tls.port} {bind}", "protocol mqtt", f"cafile {tls.cafile}",
-                  f"certfile {tls.certfile}", f"keyfile {tls.keyfile}", "tls_version tlsv1.2"]
+        lines += [f"cafile {tls.cafile}", f"certfile {tls.certfile}", f"keyfile {tls.keyfile}", "tls_version tlsv1.2"]
     return "\n".join(lines) + "\n"
 
 
-def k8s_config() -> str:
-    """The mosquitto.conf shipped in EdgeBrokerProvider/ (paths inside the container)."""
-    return render_config(1883, f"{K8S_SECRET_DIR}/passwd", f"{K8S_CONFIG_DIR}/acl", f"{K8S_DATA_DIR}/")
+def k8s_config(tls: bool = True) -> str:
+    """The mosquitto.conf shipped in EdgeBrokerProvider/ (paths inside the container): TLS only
+    on 8883 with the certificate of Secret broker-tls; `tls=False`: plaintext on 1883 instead."""
+    files = TLSFiles(f"{K8S_TLS_DIR}/ca.crt", f"{K8S_TLS_DIR}/tls.crt", f"{K8S_TLS_DIR}/tls.key") if tls else None
+    return render_config(8883 if tls else 1883, f"{K8S_SECRET_DIR}/passwd", f"{K8S_CONFIG_DIR}/acl",
+                         f"{K8S_DATA_DIR}/", tls=files)
 
 
 def hash_password(password: str, salt: bytes | None = None) -> str:
@@ -187,6 +208,8 @@ def start_broker(port: int | None = None, host: str = "127.0.0.1", users: dict[s
     workdir = Path(workdir or tempfile.mkdtemp(prefix="edgeoffload-broker-"))
     (workdir / "data").mkdir(parents=True, exist_ok=True)
     users = users or generate_users()
+    if tls is not None:
+        tls = tls.installed_in(workdir / "tls")
     passwd, acl = workdir / "passwd", workdir / "acl"
     passwd.write_text(password_file_text(users))
     acl.write_text(ACL)
@@ -230,29 +253,66 @@ def wait_for_port(host: str, port: int, timeout: float, process: subprocess.Pope
 def register(parser: argparse.ArgumentParser) -> None:
     """`edgeoffload broker`: print the shipped config/ACL, make a password file, or run locally."""
     sub = parser.add_subparsers(dest="action", required=True)
-    sub.add_parser("config", help="print the Kubernetes mosquitto.conf")
+    config = sub.add_parser("config", help="print the Kubernetes mosquitto.conf (TLS only, port 8883)")
+    config.add_argument("--plaintext", action="store_true", help="plaintext on 1883 instead of TLS (no certificate)")
     sub.add_parser("acl", help="print the ACL file")
     passwd = sub.add_parser("passwd", help="print a password file for USER=PASSWORD pairs")
     passwd.add_argument("pairs", nargs="+", metavar="USER=PASSWORD")
     run_parser = sub.add_parser("run", help="run a local broker until Ctrl-C")
     run_parser.add_argument("--port", type=int, default=1883)
     run_parser.add_argument("--host", default="127.0.0.1")
+    add_tls_arguments(run_parser, "")
+
+
+def add_tls_arguments(parser: argparse.ArgumentParser, prefix: str) -> None:
+    """--PREFIXtls-cert/--PREFIXtls-key/--PREFIXtls-ca: serve MQTT over TLS only."""
+    parser.add_argument(f"--{prefix}tls-cert", metavar="PEM", help="server certificate: TLS only, no plaintext listener")
+    parser.add_argument(f"--{prefix}tls-key", metavar="PEM", help="its private key")
+    parser.add_argument(f"--{prefix}tls-ca", metavar="PEM", help="the CA that signed it (clients verify against it)")
+
+
+def tls_from(args: argparse.Namespace, prefix: str) -> TLSFiles | None:
+    """TLSFiles from the flags of add_tls_arguments; ValueError unless all three or none are given."""
+    names = (f"{prefix}tls_ca", f"{prefix}tls_cert", f"{prefix}tls_key")
+    given = [getattr(args, name) for name in names]
+    if not any(given):
+        return None
+    if not all(given):
+        flags = " ".join(f"--{name.replace('_', '-')}" for name in names)
+        raise ValueError(f"TLS needs all of {flags}")
+    for path in given:
+        if not Path(path).is_file():
+            raise ValueError(f"TLS file not found: {path}")
+    return TLSFiles(*given)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.action == "config":
-        print(k8s_config(), end="")
+        print(k8s_config(tls=not args.plaintext), end="")
     elif args.action == "acl":
         print(ACL, end="")
     elif args.action == "passwd":
         users = dict(_split_pair(pair) for pair in args.pairs)
         print(password_file_text(users), end="")
     else:
-        with start_broker(args.port, args.host) as broker:
-            print(f"mosquitto on mqtt://{broker.host}:{broker.port}")
-            for role, password in broker.users.items():
-                print(f"  {role}: {password}")
-            broker.process.wait()
+        return run_until_stopped(args.port, args.host, tls_from(args, ""))
+    return 0
+
+
+def run_until_stopped(port: int, host: str, tls: TLSFiles | None = None) -> int:
+    """`broker run`: Mosquitto until Ctrl-C or SIGTERM (both stop it: it runs in a session of
+    its own, so a signal to this command alone would leave it orphaned)."""
+    from edgeoffload.stopsignals import StopOnSignals
+
+    with StopOnSignals("the broker") as stop, start_broker(port, host, tls=tls) as broker:
+        print(f"mosquitto on {'mqtts' if tls else 'mqtt'}://{broker.host}:{broker.port}"
+              + (" (TLS only)" if tls else ""), flush=True)
+        for role, password in broker.users.items():
+            print(f"  {role}: {password}", flush=True)
+        while not stop.wait(0.5):
+            if broker.process is None or broker.process.poll() is not None:
+                print(f"mosquitto exited:\n{broker.log()[-2000:]}", file=sys.stderr)
+                return 1
     return 0
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from importlib import metadata
 
 # name -> (module providing register/run, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -27,6 +28,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """Every subcommand, with the arguments of `command` (or of all): only that command's module
     is imported, since importing them all (OpenCV, Flask, the Kubernetes client...) costs ~0.5 s."""
     parser = argparse.ArgumentParser(prog="edgeoffload", description="Edge-cloud offloading simulator and testbed.")
+    parser.add_argument("--version", action="version", version=f"edgeoffload {metadata.version('edgeoffload')}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         sub = subparsers.add_parser(name, help=help_text, description=help_text)
@@ -40,13 +42,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
     command = arguments[0] if arguments and arguments[0] in COMMANDS else None
+    if command is None and arguments[:1] == ["--version"]:
+        command = ""  # nothing to import
     args = build_parser(command).parse_args(arguments)
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:  # user mistakes and unreachable services: one line each
         print(f"edgeoffload {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

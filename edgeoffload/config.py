@@ -3,10 +3,17 @@
 Every unit reads its settings the same way, so Kubernetes ConfigMaps (env) and local YAML
 files configure the same fields. Field `model_path` of a config with prefix `INFER_` is
 read from `INFER_MODEL_PATH`; the YAML file named by `<PREFIX>CONFIG` uses the field names.
+
+A variable with the prefix that names no setting is a typo until shown otherwise: when it is
+close to a known name (`PRE_DEADLNE_MS`) the unit refuses to start and names the setting
+meant, since a silently ignored deadline or password is worse than a failed start; other
+names (e.g. the `<SERVICE>_PORT` variables Kubernetes injects) only get a warning line.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import logging
 import os
 import types
 import typing
@@ -16,6 +23,7 @@ from typing import Any, Mapping, TypeVar
 import yaml
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -39,6 +47,7 @@ def load_config(cls: type[T], prefix: str, env: Mapping[str, str] | None = None,
             raise ConfigError(f"{yaml_path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         for name, raw in loaded.items():
             values[name] = _convert(raw, hints[name], f"{yaml_path}:{name}")
+    check_env_names(cls, prefix, env)
     for name in known:
         key = f"{prefix}{name.upper()}"
         if key in env:
@@ -52,6 +61,17 @@ def load_config(cls: type[T], prefix: str, env: Mapping[str, str] | None = None,
 def env_names(cls: type, prefix: str) -> list[str]:
     """The environment variables a config class reads (used to check manifests against code)."""
     return [f"{prefix}{f.name.upper()}" for f in dataclasses.fields(cls)] + [f"{prefix}CONFIG"]
+
+
+def check_env_names(cls: type, prefix: str, env: Mapping[str, str]) -> None:
+    """ConfigError for a `<prefix>` variable that looks like a misspelt setting; a warning for
+    any other unknown one."""
+    known = env_names(cls, prefix)
+    for key in sorted(k for k in env if k.startswith(prefix) and k not in known):
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
+        if close:
+            raise ConfigError(f"{key} is not a setting; did you mean {close[0]}?")
+        log.warning("ignoring %s: not a setting of this unit (%s...)", key, prefix)
 
 
 def _convert(raw: Any, hint: Any, where: str) -> Any:

@@ -1,10 +1,11 @@
 """`edgeoffload demo`: bring the local testbed up, replay a sample video through it, summarise.
 
 The default run is 2 cameras x 5 fps x 20 s of 640x480 frames made from images shipped with
-scikit-image (no download), replayed open-loop at their trace instants; the preprocessor
-downscales them to 320 px for the built-in Haar face detector. The records are
-written as an experiment folder the web page lists (summary.json + records.csv), the
-summary is printed, and every process is stopped at the end (or on Ctrl-C), unless
+scikit-image (no download; the `faces` sequence, a face in every scene), replayed open-loop
+at their trace instants; the preprocessor downscales them to 320 px for the built-in Haar
+face detector. The records are written as an experiment folder the web page lists
+(summary.json with numbers, records.csv, the latency CDF and decisions-over-time plots),
+the summary is printed, and every process is stopped at the end (or on Ctrl-C), unless
 --keep-running leaves the testbed up for the browser.
 """
 from __future__ import annotations
@@ -16,28 +17,33 @@ import sys
 import time
 from pathlib import Path
 
-from edgeoffload.load.replay import ReplayOptions, ReplayResult, format_report, replay, report_rows
+from edgeoffload.load.replay import ReplayOptions, ReplayResult, format_report, replay, report_numbers
 from edgeoffload.load.sample_video import open_source
 from edgeoffload.load.summary import text_table
 from edgeoffload.load.trace import TraceSpec, generate, read_trace
 from edgeoffload.local import StopOnSignals, Testbed, add_testbed_arguments, options_from
+from edgeoffload.policy import load_policy
+from edgeoffload.records import FrameRecord, RecordWriter, read_records
 
 DEMO_EXPERIMENT = "demo"
+RECORDS_FILE = "records.csv"
+DEMO_MAX_SIDE = 320   # the preprocessor's downscale in the demo: what the detector sees
 
 
 def register(parser: argparse.ArgumentParser) -> None:
     add_testbed_arguments(parser)
     # Haar on a full 640x480 frame takes 120-360 ms on one core: 10 fps would saturate a 2-vCPU
     # machine, so the demo detects on 320 px frames (--max-side 640 shows the overloaded case).
-    parser.set_defaults(sync_period=5.0, max_side=320)
+    parser.set_defaults(sync_period=5.0, max_side=DEMO_MAX_SIDE)
     parser.add_argument("--cameras", type=int, default=2)
     parser.add_argument("--fps", type=float, default=5.0, help="frames per second per camera")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of video to replay")
     parser.add_argument("--kind", default="periodic", help="trace kind (periodic, poisson, mmpp, diurnal)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--trace", default=None, help="replay this trace CSV instead of generating one")
-    parser.add_argument("--frames", default="sample", help="'sample', an image folder or a video file")
-    parser.add_argument("--out", default=None, help="also write the records here (.csv or .parquet)")
+    parser.add_argument("--frames", default="faces",
+                        help="'faces' or 'sample' (made of shipped images), an image folder or a video file")
+    parser.add_argument("--out", default=None, help="also write a copy of the records here (.csv or .parquet)")
     parser.add_argument("--keep-running", action="store_true", help="leave the testbed up after the replay")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, no unit logs")
 
@@ -46,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(name)s: %(message)s")
     began = time.monotonic()
+    load_policy(args.policy)  # a typo or a broken policy file: one line, before anything starts
     trace = read_trace(args.trace) if args.trace else generate(TraceSpec(
         kind=args.kind, cameras=args.cameras, rate=args.fps, duration_s=args.duration, seed=args.seed,
         jitter=0.1 if args.kind == "periodic" else 0.0))
@@ -58,11 +65,13 @@ def run(args: argparse.Namespace) -> int:
         experiment = testbed.workdir / "results" / DEMO_EXPERIMENT
         _say(f"replaying {len(trace)} frames from {len(trace.cameras)} camera(s) over {trace.duration_s:.0f}s")
         result = replay(trace, testbed.preprocessor_url, frames, testbed.mqtt_settings("monitor"),
-                        out=args.out or experiment / "records.csv",
+                        out=experiment / RECORDS_FILE,
                         options=ReplayOptions(progress=not args.quiet, drain_timeout_s=30.0), stop=stop)
-        write_experiment(experiment, result, args.out)
+        write_experiment(experiment, result, testbed.scaling_numbers(), args.out)
         print(format_report(result, "demo summary"))
         print(text_table(testbed.scaling_rows()))
+        if args.out:
+            print(f"records copied to {args.out}")
         print(f"web page: {testbed.web_url}/  (results: {testbed.web_url}/experiments/{DEMO_EXPERIMENT})")
         if args.keep_running and not stop.is_set():
             _say("testbed still running (--keep-running); Ctrl-C stops every process")
@@ -74,17 +83,39 @@ def run(args: argparse.Namespace) -> int:
     return 0 if result.complete else 1
 
 
-def write_experiment(folder: Path, result: ReplayResult, extra_out: str | None) -> None:
-    """The demo as an experiment folder: summary.json next to records.csv (when written there)."""
+def write_experiment(folder: Path, result: ReplayResult, replicas: dict[str, dict[str, int]],
+                     copy_to: str | None = None) -> None:
+    """The demo as an experiment folder beside its records.csv: summary.json (numbers, not
+    display strings), the latency CDF and decisions over time (when matplotlib is installed),
+    and a copy of the records at `copy_to` (its suffix picks CSV or Parquet)."""
     folder.mkdir(parents=True, exist_ok=True)
-    summary = {name.strip(): value for name, value in report_rows(result)}
-    if extra_out:
-        summary["records file"] = str(Path(extra_out).resolve())
+    summary = {**report_numbers(result), "replicas": replicas}
     (folder / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    records = list(read_records(folder / RECORDS_FILE)) if (folder / RECORDS_FILE).is_file() else []
+    if copy_to:
+        with RecordWriter(copy_to) as writer:
+            writer.write_all(records)
+    try:
+        draw_plots(folder, records)
+    except RuntimeError as exc:  # no matplotlib: the tables are still there
+        _say(f"no plots: {exc}")
+
+
+def draw_plots(folder: Path, records: list[FrameRecord]) -> None:
+    """latency_cdf.png (per answering site and overall) and decisions.png (per second)."""
+    from edgeoffload.analysis import plot_decisions, plot_latency_cdf
+
+    answered = [r for r in records if r.status == "ok"]
+    samples = {"all": [r.t_total_ms for r in answered]}
+    for site in ("edge", "cloud"):
+        samples[site] = [r.t_total_ms for r in answered if r.site == site]
+    plot_latency_cdf(folder / "latency_cdf.png", {name: values for name, values in samples.items() if values},
+                     "demo: end-to-end latency")
+    plot_decisions(folder / "decisions.png", records, "demo: decisions per second")
 
 
 def _say(message: str) -> None:
     print(f"edgeoffload demo: {message}", file=sys.stderr, flush=True)
 
 
-__all__ = ["register", "run", "write_experiment"]
+__all__ = ["register", "run", "write_experiment", "draw_plots"]

@@ -9,7 +9,11 @@
 
 Every child is started in its own process group and stopped (group-wide) by Testbed.stop(),
 which also runs at interpreter exit and on SIGINT/SIGTERM/SIGHUP, so no process outlives
-the command.
+the command. Until then the testbed is supervised as Kubernetes would: a broker, preprocessor
+or webserver that dies is restarted with the same address and settings (the kubelet restarting
+a container), an inference replica that dies is replaced (edgeoffload.localscale), both with
+CrashLoopBackOff's delays; every restart is logged, counted in the summary and published in
+the retained autoscaler status (`restarts`).
 """
 from __future__ import annotations
 
@@ -18,32 +22,38 @@ import atexit
 import dataclasses
 import logging
 import math
+import os
 import shutil
-import signal
 import socket
 import sys
 import tempfile
 import threading
+import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Callable
 
-from edgeoffload.broker import BrokerProcess, find_mosquitto, start_broker
+from edgeoffload.broker import BrokerProcess, TLSFiles, add_tls_arguments, find_mosquitto, start_broker, tls_from
 from edgeoffload.hpa import DEFAULT_RELEASE, RELEASES, HPAError, HPASpec, load_hpa_manifests
 from edgeoffload.endpointslices import EndpointSliceServer, EndpointSliceStore
-from edgeoffload.localscale import LocalAutoscaler, ReplicaPool, ScaleStatus, status_message
+from edgeoffload.localscale import (RESTART_BACKOFF_MAX_S, LocalAutoscaler, ReplicaPool, ScaleStatus, restart_delay,
+                                    status_message)
 from edgeoffload.messaging import MQTTSettings, Publisher
+from edgeoffload.policy import load_policy
 from edgeoffload.relay import LinkProfile, TcpRelay, Wan
 from edgeoffload.serve import UnitProcess, free_port, start_unit
+from edgeoffload.stopsignals import StopOnSignals
 from edgeoffload.config import load_config
 from edgeoffload.units.inference import InferenceConfig
-from edgeoffload.unitfolders import autoscale_file, unit_settings
+from edgeoffload.unitfolders import autoscale_file, unit_settings, units_root
 
 log = logging.getLogger(__name__)
 SITES = ("edge", "cloud")
 NAMESPACE = "edgeoffload"
+SUPERVISED = ("broker", "preprocessor", "webserver")
+SUPERVISE_INTERVAL_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +116,7 @@ class TestbedOptions:
     kubernetes_version: str = DEFAULT_RELEASE  # whose HPA controller the autoscaler reproduces
     discovery: str = "kubernetes"          # as shipped: EndpointSlices; "static": through the Service relays
     broker_port: int = 0
+    broker_tls: TLSFiles | None = None     # the broker serves MQTT over TLS only; every client verifies its CA
     preprocessor_port: int = 0
     web_port: int = 0
     workdir: str | None = None
@@ -161,6 +172,13 @@ class Testbed:
         self.autoscaler: LocalAutoscaler | None = None
         self.endpoint_api: EndpointSliceServer | None = None
         self._status_publisher: Publisher | None = None
+        self._status: dict = {}
+        self.restarts: Counter[str] = Counter()
+        self._started_at: dict[str, float] = {}
+        self._crash_streaks: Counter[str] = Counter()
+        self._unit_envs: dict[str, dict[str, str]] = {}
+        self._supervising = threading.Event()
+        self._supervisor: threading.Thread | None = None
         self._stop_lock = threading.Lock()
         self._pid_lock = threading.Lock()
         self._stopped = False
@@ -179,7 +197,11 @@ class Testbed:
     def mqtt_settings(self, role: str) -> MQTTSettings:
         assert self.broker is not None, "testbed not started"
         return MQTTSettings(host=self.broker.host, port=self.broker.port, username=role,
-                            password=self.broker.users[role])
+                            password=self.broker.users[role], cafile=self._mqtt_cafile or None)
+
+    @property
+    def _mqtt_cafile(self) -> str:
+        return str(Path(self.options.broker_tls.cafile).resolve()) if self.options.broker_tls else ""
 
     @property
     def pid_file(self) -> Path:
@@ -213,6 +235,7 @@ class Testbed:
 
     def _start(self, progress: Callable[[str], None]) -> None:
         opts = self.options
+        load_policy(opts.policy)  # a typo or a broken policy file fails here, before any process starts
         if find_mosquitto() is None:
             raise FileNotFoundError("mosquitto is not installed (make system-deps, or apt-get install mosquitto)")
         progress("starting broker")
@@ -220,8 +243,12 @@ class Testbed:
         # (0700) parents such as pytest's or mkdtemp's: the broker gets a top-level temp dir.
         # Persistence as in EdgeBrokerProvider (autosave every 5 s): a killed broker comes back
         # with its subscribers' sessions, and the publishers re-send what it had not saved.
-        self.broker = start_broker(opts.broker_port or None, opts.host)
+        self.broker = start_broker(opts.broker_port or None, opts.host, tls=opts.broker_tls)
         self._write_pid_file()
+        # For the replay command describe() prints: a file, so the password stays out of argv.
+        self.monitor_password_file.touch(mode=0o600)
+        self.monitor_password_file.chmod(0o600)
+        self.monitor_password_file.write_text(self.broker.users["monitor"] + "\n", encoding="utf-8")
         # The API server's part in discovery: the pools' replicas as EndpointSlices, which the
         # preprocessor watches through a kubeconfig, as it watches a cluster's in a pod.
         self.endpoint_api = EndpointSliceServer(EndpointSliceStore(NAMESPACE), host=opts.host).start()
@@ -237,18 +264,16 @@ class Testbed:
                                            self.log_dir, service=f"{site}-inference",
                                            endpoints=self.endpoint_api.store, wan=wan,
                                            pre_stop_s=deployed.pre_stop_s, cpu_request=deployed.cpu_request,
-                                           on_change=self._write_pid_file)
+                                           on_change=self._pool_changed)
             starting[site] = starting_replicas(opts, site)
         with ThreadPoolExecutor(len(SITES)) as starter:  # model loading overlaps
             for future in [starter.submit(self.pools[s].scale_to, starting[s]) for s in SITES]:
                 future.result()
         progress("starting preprocessor and webserver")
+        self._unit_envs = {"preprocessor": self._preprocessor_env(), "webserver": self._webserver_env()}
         with ThreadPoolExecutor(2) as starter:
-            started = {name: starter.submit(start_unit, name, env=env, host=opts.host, log_dir=self.log_dir,
-                                            port=port_or_free(opts.host, port), workers=int(env.get("WORKERS", "1")),
-                                            threads=int(env.get("THREADS", "8")))
-                       for name, env, port in (("preprocessor", self._preprocessor_env(), opts.preprocessor_port),
-                                               ("webserver", self._webserver_env(), opts.web_port))}
+            started = {name: starter.submit(self._start_unit, name, port_or_free(opts.host, port))
+                       for name, port in (("preprocessor", opts.preprocessor_port), ("webserver", opts.web_port))}
         failures = []
         for name, future in started.items():  # keep whichever started, so stop() ends it
             try:
@@ -261,14 +286,82 @@ class Testbed:
         self._status_publisher = Publisher(self.mqtt_settings("autoscaler"), unit="autoscaler").start()
         if opts.autoscale:
             self.autoscaler = self._new_autoscaler().start()
-        self._status_publisher.publish_status(status_message(self.pools, [
+        self._publish_status(status_message(self.pools, [
             ScaleStatus(site, pool.size, pool.size, "initial", {}) for site, pool in self.pools.items()]))
+        now = time.monotonic()
+        self._started_at = {name: now for name in SUPERVISED}
+        self._supervisor = threading.Thread(target=self._supervise, daemon=True, name="testbed-supervisor")
+        self._supervisor.start()
+
+    def _start_unit(self, name: str, port: int) -> UnitProcess:
+        env = self._unit_envs[name]
+        return start_unit(name, env=env, host=self.options.host, log_dir=self.log_dir, port=port,
+                          workers=int(env.get("WORKERS", "1")), threads=int(env.get("THREADS", "8")))
 
     def _new_autoscaler(self, first_sync_s: float | None = None) -> LocalAutoscaler:
-        assert self._status_publisher is not None
         pools = {site: (self.pools[site], dataclasses.replace(hpa_for(self.options, site), first_sync_s=first_sync_s))
                  for site in SITES}
-        return LocalAutoscaler(pools, publish=self._status_publisher.publish_status)
+        return LocalAutoscaler(pools, publish=self._publish_status)
+
+    def _pool_changed(self) -> None:
+        self._write_pid_file()
+        self._publish_status()
+
+    def _publish_status(self, status: dict | None = None) -> None:
+        """The autoscaler's retained status, plus every restart so far."""
+        if status is not None:
+            self._status = status
+        if self._status_publisher is not None:
+            self._status_publisher.publish_status({**self._status, "restarts": self.restart_counts()})
+
+    def restart_counts(self) -> dict[str, int]:
+        """Restarts per component: broker, preprocessor, webserver and each inference Deployment."""
+        return {**{name: self.restarts[name] for name in SUPERVISED},
+                **{pool.service: pool.restarts for pool in self.pools.values()}}
+
+    # -- supervision ---------------------------------------------------------------------------
+    def _process_of(self, name: str):
+        if name == "broker":
+            return self.broker.process if self.broker is not None else None
+        unit = getattr(self, name)
+        return unit.process if unit is not None else None
+
+    def _supervise(self) -> None:
+        """Restart a broker, preprocessor or webserver that exited, as the kubelet restarts a
+        container: same address and settings, immediately the first time, then with back-off."""
+        due: dict[str, float] = {}
+        while not self._supervising.wait(SUPERVISE_INTERVAL_S):
+            for name in SUPERVISED:
+                process = self._process_of(name)
+                if process is None or process.poll() is None or self._supervising.is_set():
+                    continue
+                if name not in due:
+                    lived_s = time.monotonic() - self._started_at[name]
+                    self._crash_streaks[name] = self._crash_streaks[name] + 1 if lived_s < RESTART_BACKOFF_MAX_S else 0
+                    delay = restart_delay(self._crash_streaks[name])
+                    due[name] = time.monotonic() + delay
+                    log.warning("%s exited with %s after %.0fs; restarting it in %.0fs", name, process.returncode,
+                                lived_s, delay)
+                if time.monotonic() >= due[name]:
+                    del due[name]
+                    self._restart(name)
+
+    def _restart(self, name: str) -> None:
+        try:
+            if name == "broker":
+                assert self.broker is not None
+                self.broker.start()
+            else:
+                old = getattr(self, name)
+                setattr(self, name, self._start_unit(name, int(old.url.rsplit(":", 1)[1])))
+        except Exception:  # counted as another early exit: the next attempt backs off further
+            log.exception("restarting %s failed", name)
+            return
+        self._started_at[name] = time.monotonic()
+        self.restarts[name] += 1
+        log.warning("%s restarted (restart %d)", name, self.restarts[name])
+        self._write_pid_file()
+        self._publish_status()
 
     def restart_autoscaler(self, first_sync_s: float | None = None) -> LocalAutoscaler:
         """A fresh start for an experiment: stop the autoscaler, bring each pool back to its
@@ -286,6 +379,10 @@ class Testbed:
     @property
     def kubeconfig(self) -> Path:
         return self.workdir / "kubeconfig"
+
+    @property
+    def monitor_password_file(self) -> Path:
+        return self.workdir / "monitor.password"
 
     def _preprocessor_env(self) -> dict[str, str]:
         """The ConfigMap's settings, wired to this machine's broker, Services and EndpointSlice API."""
@@ -311,6 +408,7 @@ class Testbed:
             "PRE_MQTT_PORT": str(self.broker.port),
             "PRE_MQTT_USERNAME": "preprocessor",
             "PRE_MQTT_PASSWORD": self.broker.users["preprocessor"],
+            "PRE_MQTT_CAFILE": self._mqtt_cafile,
         }
 
     def _webserver_env(self) -> dict[str, str]:
@@ -321,7 +419,10 @@ class Testbed:
             "WEB_MQTT_PORT": str(self.broker.port),
             "WEB_MQTT_USERNAME": "webserver",
             "WEB_MQTT_PASSWORD": self.broker.users["webserver"],
-            "WEB_RESULTS_DIR": str(self.workdir / "results"),
+            "WEB_MQTT_CAFILE": self._mqtt_cafile,
+            # This testbed's runs first, then the experiments committed beside the unit folders.
+            "WEB_RESULTS_DIR": os.pathsep.join(str(d) for d in (self.workdir / "results", committed_results())
+                                               if d is not None),
         }
 
     def stop(self) -> None:
@@ -330,6 +431,9 @@ class Testbed:
             if self._stopped:
                 return
             self._stopped = True
+        self._supervising.set()  # nothing is restarted from here on; a restart under way ends first
+        if self._supervisor is not None and self._supervisor is not threading.current_thread():
+            self._supervisor.join(120)
         steps: list[tuple[str, Callable[[], object]]] = []
         if self.autoscaler is not None:
             steps.append(("autoscaler", self.autoscaler.stop))
@@ -358,15 +462,23 @@ class Testbed:
     def __exit__(self, *_exc: object) -> None:
         self.stop()
 
+    def scaling_numbers(self) -> dict[str, dict[str, int]]:
+        """Replica counts per pool (rescales include the initial start, so they are not changes)."""
+        return {site: {"now": pool.size, "peak": pool.peak, "autoscaler_changes": max(0, pool.rescales - 1)}
+                for site, pool in self.pools.items()}
+
     def scaling_rows(self) -> list[tuple[str, str]]:
-        """Replica counts per pool for a summary table (rescales include the initial start)."""
-        return [(f"{site} replicas", f"{pool.size} now, peak {pool.peak}, {max(0, pool.rescales - 1)} autoscaler change(s)")
-                for site, pool in self.pools.items()]
+        """scaling_numbers for a summary table, then the restarts per component."""
+        rows = [(f"{site} replicas", f"{n['now']} now, peak {n['peak']}, {n['autoscaler_changes']} autoscaler change(s)")
+                for site, n in self.scaling_numbers().items()]
+        restarts = self.restart_counts()
+        return rows + [("restarts", ", ".join(f"{name} {count}" for name, count in restarts.items()))]
 
     def describe(self) -> str:
         lines = [f"web page:      {self.web_url}/",
                  f"preprocessor:  {self.preprocessor_url}/process?camera=ID  (POST JPEG frames)",
-                 f"broker:        mqtt://{self.broker.host}:{self.broker.port}" if self.broker else "broker: -"]
+                 f"broker:        {'mqtts' if self.options.broker_tls else 'mqtt'}://{self.broker.host}:{self.broker.port}"
+                 if self.broker else "broker: -"]
         for site in SITES:
             wan = ""
             if site == "cloud" and self.relays[site].link:
@@ -379,9 +491,17 @@ class Testbed:
         if self.broker:
             lines.append(f"replay into it: edgeoffload replay TRACE --target {self.preprocessor_url} "
                          f"--mqtt-port {self.broker.port} --mqtt-user monitor "
-                         f"--mqtt-password {self.broker.users['monitor']}  (local, per-run password)")
+                         f"--mqtt-password-file {self.monitor_password_file}"
+                         + (f" --mqtt-cafile {self._mqtt_cafile}" if self._mqtt_cafile else "")
+                         + "  (per-run password, readable by you only)")
         lines.append(f"logs:          {self.log_dir}")
         return "\n".join(lines)
+
+
+def committed_results() -> Path | None:
+    """experiments/results of a source checkout (what `make` installs), if there is one."""
+    folder = units_root() / "experiments" / "results"
+    return folder if folder.is_dir() else None
 
 
 def port_or_free(host: str, port: int) -> int:
@@ -399,31 +519,6 @@ def port_or_free(host: str, port: int) -> int:
 
 def _mbps(bps: float) -> str:
     return "unlimited" if math.isinf(bps) else f"{bps / 1e6:g} Mbit/s"
-
-
-class StopOnSignals:
-    """Turn SIGINT/SIGTERM/SIGHUP into a `stop` event (restoring the previous handlers after)."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self._previous: dict[int, object] = {}
-
-    def __enter__(self) -> threading.Event:
-        for sig in self.SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self.event
-
-    def _handle(self, signum: int, _frame: FrameType | None) -> None:
-        if self.event.is_set():  # second Ctrl-C: stop waiting politely
-            raise KeyboardInterrupt
-        print(f"\n{signal.Signals(signum).name}: stopping the testbed...", file=sys.stderr)
-        self.event.set()
-
-    def __exit__(self, *_exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)  # type: ignore[arg-type]
 
 
 # --- command line ---------------------------------------------------------------------------
@@ -455,6 +550,7 @@ def add_testbed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8080, help="preprocessor port (0 = any)")
     parser.add_argument("--web-port", type=int, default=8000, help="web page port (0 = any)")
     parser.add_argument("--mqtt-port", type=int, default=0, help="broker port (0 = any)")
+    add_tls_arguments(parser, "mqtt-")
     parser.add_argument("--workdir", default=None, help="logs, broker files (default: a temp dir)")
 
 
@@ -471,7 +567,7 @@ def options_from(args: argparse.Namespace) -> TestbedOptions:
                           wan=LinkProfile(args.wan_delay_ms / 1000.0, bps(args.wan_up_mbps), bps(args.wan_down_mbps)),
                           policy=args.policy, max_side=args.max_side, autoscale=not args.no_autoscale, hpa_file=args.hpa,
                           sync_period_s=args.sync_period, kubernetes_version=args.kubernetes_version,
-                          discovery=args.discovery, broker_port=args.mqtt_port,
+                          discovery=args.discovery, broker_port=args.mqtt_port, broker_tls=tls_from(args, "mqtt_"),
                           preprocessor_port=args.port, web_port=args.web_port, workdir=args.workdir)
 
 

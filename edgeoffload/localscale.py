@@ -32,7 +32,10 @@ from edgeoffload.serve import UnitProcess, start_unit
 
 log = logging.getLogger(__name__)
 IN_FLIGHT_METRIC = "edgeoffload_inference_in_flight"
+RESTART_BACKOFF_S = 10.0       # the kubelet's CrashLoopBackOff: 10 s, doubling ...
+RESTART_BACKOFF_MAX_S = 300.0  # ... up to 5 min, reset after a container ran this long
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
 def check_servable(spec: HPASpec) -> None:
@@ -42,6 +45,14 @@ def check_servable(spec: HPASpec) -> None:
             raise HPAError(f"local autoscaler: resource metric {metric.name!r} is not measured (only cpu)")
         if metric.kind == "Pods" and "in_flight" not in metric.name:
             raise HPAError(f"local autoscaler: pods metric {metric.name!r} is not served (only in-flight)")
+
+
+def restart_delay(crash_streak: int) -> float:
+    """Seconds before restarting after `crash_streak` early deaths in a row: the first restart
+    is immediate, then 10, 20, 40 ... s up to 5 min (the kubelet's CrashLoopBackOff)."""
+    if crash_streak <= 1:
+        return 0.0
+    return min(RESTART_BACKOFF_MAX_S, RESTART_BACKOFF_S * 2 ** (crash_streak - 2))
 
 
 def scrape_in_flight(url: str, timeout: float = 2.0) -> float | None:
@@ -60,20 +71,61 @@ def scrape_in_flight(url: str, timeout: float = 2.0) -> float | None:
     return total if found else None
 
 
-def process_tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and all its descendants (gunicorn master + workers)."""
-    total, stack = 0.0, [pid]
+def process_tree(pid: int) -> list[int]:
+    """A process and all its descendants (gunicorn master + workers), those alive now."""
+    found, stack = [], [pid]
     while stack:
         current = stack.pop()
         try:
+            for task in Path(f"/proc/{current}/task").iterdir():
+                stack.extend(int(child) for child in (task / "children").read_text().split())
+        except (OSError, ValueError):
+            continue
+        found.append(current)
+    return found
+
+
+def process_tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and all its descendants (gunicorn master + workers)."""
+    total = 0.0
+    for current in process_tree(pid):
+        try:
             fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-            for task in Path(f"/proc/{current}/task").iterdir():
-                children = (task / "children").read_text().split()
-                stack.extend(int(child) for child in children)
         except (OSError, IndexError, ValueError):
             continue
     return total
+
+
+def process_tree_rss_bytes(pid: int) -> int:
+    """Resident memory of a process and its descendants: what a container's memory limit counts
+    (less the page cache, which the kernel reclaims before it OOM-kills)."""
+    total = 0
+    for current in process_tree(pid):
+        try:
+            total += int(Path(f"/proc/{current}/statm").read_text().split()[1]) * PAGE_BYTES
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def peak_tree_rss(pid: int, work: Callable[[], object], interval_s: float = 0.005) -> int:
+    """The highest process_tree_rss_bytes(pid) seen while `work()` runs (in this thread)."""
+    peak, done = process_tree_rss_bytes(pid), threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.wait(interval_s):
+            peak = max(peak, process_tree_rss_bytes(pid))
+
+    sampler = threading.Thread(target=sample, daemon=True, name="rss-sampler")
+    sampler.start()
+    try:
+        work()
+    finally:
+        done.set()
+        sampler.join()
+    return max(peak, process_tree_rss_bytes(pid))
 
 
 @dataclass
@@ -138,7 +190,10 @@ class ReplicaPool:
     published to `endpoints` (the testbed's EndpointSlice API, which the preprocessor watches)
     and to `relay` (the Service: per-connection round robin). Across a WAN (`wan`) each replica
     gets a relay of its own on that shared link, and that relay is its published address. A
-    replica whose process dies leaves the rotation at once.
+    replica whose process dies leaves the rotation at once and a new replica (a new name, as a
+    ReplicaSet creates a new pod) starts in its place: at once, or after a back-off that doubles
+    from RESTART_BACKOFF_S up to RESTART_BACKOFF_MAX_S while replicas keep dying within
+    RESTART_BACKOFF_MAX_S of their start (as the kubelet's CrashLoopBackOff).
     """
 
     def __init__(self, name: str, env: Mapping[str, str], relay: TcpRelay, log_dir: Path,
@@ -163,6 +218,8 @@ class ReplicaPool:
         self.peak = 0            # most replicas at once
         self.rescales = 0        # scale_to calls that changed the count
         self.exits = 0           # replicas whose process died on its own
+        self.restarts = 0        # replacements started for them
+        self._crash_streak = 0   # replicas in a row that died soon after starting
         self.windows: dict[int, ReplicaWindow] = {}
         self._serial = itertools.count(1)
         self._lock = threading.RLock()
@@ -277,7 +334,8 @@ class ReplicaPool:
                 self._watcher.start()
 
     def _reap_loop(self) -> None:
-        """A replica whose process exited leaves the rotation at once (a failing readiness probe)."""
+        """A replica whose process exited leaves the rotation at once (a failing readiness probe);
+        a replacement keeps the Deployment at its replicas."""
         while not self._stopping.wait(0.2):
             with self._lock:
                 dead = [r for r in self.replicas if r.unit.process.poll() is not None]
@@ -286,10 +344,38 @@ class ReplicaPool:
                     self.windows.pop(replica.pid, None)
                     self.exits += 1
             for replica in dead:
-                log.warning("%s: replica %s exited with %s; out of rotation", self.name, replica.name,
-                            replica.unit.process.returncode)
                 self._publish(replica, ready=False)
                 self._retire(replica, 0.0)
+                self._replace(replica)
+
+    def _replace(self, dead: LocalReplica) -> None:
+        lived_s = time.monotonic() - dead.started_at
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            self._crash_streak = self._crash_streak + 1 if lived_s < RESTART_BACKOFF_MAX_S else 0
+            delay = restart_delay(self._crash_streak)
+            pending = StartingReplica(f"{self.service}-{next(self._serial)}", time.monotonic())
+            self.starting.append(pending)
+            self.restarts += 1
+        log.warning("%s: replica %s exited with %s after %.0fs; out of rotation, replacement %s starts in %.0fs "
+                    "(restart %d)", self.name, dead.name, dead.unit.process.returncode, lived_s, pending.name, delay,
+                    self.restarts)
+        if self.on_change:
+            self.on_change()
+        threading.Thread(target=self._add_after, args=(pending, delay), daemon=True,
+                         name=f"start-{pending.name}").start()
+
+    def _add_after(self, pending: StartingReplica, delay_s: float) -> None:
+        if self._stopping.wait(delay_s) or pending.cancelled:
+            with self._lock:
+                if pending in self.starting:
+                    self.starting.remove(pending)
+            return
+        try:
+            self._add(pending)
+        except Exception:
+            log.exception("%s: replacement %s failed to start", self.name, pending.name)
 
     def sample(self, now: float | None = None) -> None:
         """Scrape each replica's in-flight gauge once (as Prometheus does, at every sync), stamped
@@ -447,5 +533,7 @@ class LocalAutoscaler:
                 next_sync += period
 
 
-__all__ = ["LocalAutoscaler", "LocalReplica", "ReplicaPool", "ScaleStatus", "status_message", "check_servable",
-           "scrape_in_flight", "process_tree_cpu_seconds", "IN_FLIGHT_METRIC"]
+__all__ = ["LocalAutoscaler", "LocalReplica", "ReplicaPool", "restart_delay", "RESTART_BACKOFF_S", "ScaleStatus",
+           "status_message", "check_servable",
+           "scrape_in_flight", "process_tree", "process_tree_cpu_seconds", "process_tree_rss_bytes", "peak_tree_rss",
+           "IN_FLIGHT_METRIC"]

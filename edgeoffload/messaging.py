@@ -33,7 +33,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edgeoffload.broker import RESULTS_TOPIC, STATUS_TOPIC
+from edgeoffload.broker import PREVIEWS_TOPIC, RESULTS_TOPIC, STATUS_TOPIC
 from edgeoffload.records import FrameRecord
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,11 @@ def sanitise_topic_level(name: str) -> str:
 def topic_for(camera: str) -> str:
     """The results topic of one camera."""
     return f"{RESULTS_TOPIC}/{sanitise_topic_level(camera)}"
+
+
+def preview_topic(camera: str) -> str:
+    """The retained preview topic of one camera."""
+    return f"{PREVIEWS_TOPIC}/{sanitise_topic_level(camera)}"
 
 
 def status_topic(unit: str) -> str:
@@ -220,6 +225,7 @@ class Publisher(_Endpoint):
         # mid -> (topic, payload) of a record to keep once acknowledged, None for other messages
         self._pending: dict[int, tuple[str, bytes] | None] = {}
         self._acked_early: set[int] = set()
+        self._previews_in_flight: set[int] = set()   # QoS 0 previews handed to paho, not yet written
         self._acked_records: deque[tuple[float, str, bytes]] = deque()  # (acked at, topic, payload)
         self._lost_at: float | None = None   # when the connection was lost, until the next connect
         self._stats = PublisherStats()
@@ -255,29 +261,47 @@ class Publisher(_Endpoint):
         self.close()
 
     # -- publishing ------------------------------------------------------------------------
-    def publish_record(self, record: FrameRecord) -> bool:
-        """Queue one record for `edgeoffload/results/<camera>`; False when the buffer is full."""
-        return self.publish(topic_for(record.camera), record.to_json(), resendable=True)
+    def publish_record(self, record: FrameRecord) -> int | None:
+        """Queue one record for `edgeoffload/results/<camera>`: its message id (for
+        `wait_acked`), None when the buffer is full."""
+        return self._publish(topic_for(record.camera), record.to_json().encode(), resendable=True)
 
     def publish_status(self, status: dict[str, Any]) -> bool:
         """Replace this unit's retained status message."""
         payload = json.dumps({"unit": self.unit, "time": time.time(), **status}, separators=(",", ":"))
         return self.publish(status_topic(self.unit), payload, retain=True)
 
+    def publish_preview(self, camera: str, payload: bytes) -> bool:
+        """Replace a camera's retained preview at QoS 0: neither buffered while the broker is away
+        nor sent again (the next preview replaces a lost one), nor counted with the records."""
+        info = self._client.publish(preview_topic(camera), payload, qos=0, retain=True)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return False
+        with self._lock:
+            if info.mid in self._acked_early:  # already written: _on_publish took it for a record's ack
+                self._acked_early.discard(info.mid)
+                self._stats.acked -= 1
+            else:
+                self._previews_in_flight.add(info.mid)
+        return True
+
     def publish(self, topic: str, payload: str | bytes, retain: bool = False, resendable: bool = False) -> bool:
         """Queue one message; `resendable` ones are kept after their acknowledgement for
         `resend_window_s`, to be sent again if the connection is lost (see the module docstring)."""
         body = payload.encode() if isinstance(payload, str) else payload
+        return self._publish(topic, body, retain, resendable) is not None
+
+    def _publish(self, topic: str, body: bytes, retain: bool = False, resendable: bool = False) -> int | None:
         info = self._client.publish(topic, body, qos=self.settings.qos, retain=retain)
         with self._lock:
             if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
                 self._stats.dropped += 1
                 log.warning("MQTT outgoing buffer full (%d): dropped a message for %s",
                             self.settings.max_buffered, topic)
-                return False
+                return None
             self._stats.published += 1
             if self.settings.qos == 0:
-                return info.rc == mqtt.MQTT_ERR_SUCCESS
+                return info.mid if info.rc == mqtt.MQTT_ERR_SUCCESS else None
             keep = resendable and self.settings.resend_window_s > 0
             # NO_CONN is fine for QoS > 0: paho keeps the message and sends it on reconnect.
             if info.mid in self._acked_early:
@@ -286,7 +310,18 @@ class Publisher(_Endpoint):
                     self._keep_acked(topic, body)
             else:
                 self._pending[info.mid] = (topic, body) if keep else None
-            return True
+            return info.mid
+
+    def wait_acked(self, mid: int, timeout: float) -> bool:
+        """True once the broker acknowledged message `mid` (at once for QoS 0); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while mid in self._pending:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._lock.wait(remaining)
+        return True
 
     def _keep_acked(self, topic: str, payload: bytes) -> None:
         """Remember an acknowledged record for the resend window (caller holds the lock)."""
@@ -342,11 +377,16 @@ class Publisher(_Endpoint):
         if self._connection.connected.is_set():
             with self._lock:
                 self._lost_at = time.monotonic()
+        with self._lock:  # paho forgets unsent QoS 0 messages on reconnect: their ids will be reused
+            self._previews_in_flight.clear()
         self._connection.on_disconnect(reason_code)
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
         # Runs under paho's outgoing-message lock: only touch our own state here.
         with self._lock:
+            if mid in self._previews_in_flight:  # a QoS 0 preview left the client: nothing to count
+                self._previews_in_flight.discard(mid)
+                return
             if reason_code.is_failure:
                 self._stats.denied += 1
                 log.warning("MQTT broker refused message %d: %s", mid, reason_code)
@@ -356,8 +396,7 @@ class Publisher(_Endpoint):
                 kept = self._pending.pop(mid)
                 if kept is not None and not reason_code.is_failure:
                     self._keep_acked(*kept)
-                if not self._pending:
-                    self._lock.notify_all()
+                self._lock.notify_all()
             else:  # acknowledged before publish() got to record the mid
                 self._acked_early.add(mid)
 
@@ -365,6 +404,7 @@ class Publisher(_Endpoint):
 RecordCallback = Callable[[str, FrameRecord], None]
 StatusCallback = Callable[[str, dict[str, Any]], None]
 MalformedCallback = Callable[[str, bytes, str], None]
+PreviewCallback = Callable[[str, bytes], None]
 
 
 @dataclass
@@ -377,7 +417,8 @@ class SubscriberStats:
 
 
 class Subscriber(_Endpoint):
-    """Receives FrameRecords (results topics) and status objects (status topics).
+    """Receives FrameRecords (results topics), status objects (status topics) and camera
+    previews (previews topics, handed on as raw bytes).
 
     Subscriptions are (re)made in on_connect, so they survive reconnects; a payload that is
     not a valid record/status object is reported to `on_malformed` and counted, never raised
@@ -388,11 +429,13 @@ class Subscriber(_Endpoint):
     def __init__(self, settings: MQTTSettings, topics: Sequence[str] = (f"{RESULTS_TOPIC}/#",),
                  on_record: RecordCallback | None = None, on_status: StatusCallback | None = None,
                  on_malformed: MalformedCallback | None = None, role: str = "subscriber",
-                 dedupe_window: int = DEDUPE_WINDOW) -> None:  # repeats come within seconds of a reconnect
+                 dedupe_window: int = DEDUPE_WINDOW,  # repeats come within seconds of a reconnect
+                 on_preview: PreviewCallback | None = None) -> None:
         self.settings = settings
         self.topics = list(topics)
         self._on_record = on_record
         self._on_status = on_status
+        self._on_preview = on_preview
         self._on_malformed = on_malformed
         self._connection = _Connection()
         self._subscribed = threading.Event()
@@ -469,9 +512,12 @@ class Subscriber(_Endpoint):
             if self._on_record:
                 self._on_record(topic, record)
         elif topic.startswith(STATUS_TOPIC + "/"):
-            status = _json_object(payload)
+            status = json_object(payload)
             if self._on_status:
                 self._on_status(topic, status)
+        elif topic.startswith(PREVIEWS_TOPIC + "/"):
+            if self._on_preview:  # raw bytes: the receiver validates them (edgeoffload.preview)
+                self._on_preview(topic, payload)
         else:
             raise ValueError(f"unexpected topic {topic!r}")
 
@@ -499,15 +545,16 @@ class Subscriber(_Endpoint):
                 log.exception("MQTT on_malformed callback failed")
 
 
-def _json_object(payload: bytes) -> dict[str, Any]:
+def json_object(payload: bytes, what: str = "status") -> dict[str, Any]:
+    """An untrusted payload as a JSON object; ValueError naming `what` otherwise."""
     try:
         value = json.loads(payload)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"status is not valid JSON: {exc}") from exc
+        raise ValueError(f"{what} is not valid JSON: {str(exc)[:200]}") from None
     if not isinstance(value, dict):
-        raise ValueError("status must be a JSON object")
+        raise ValueError(f"{what} must be a JSON object")
     return value
 
 
 __all__ = ["MQTTSettings", "Publisher", "PublisherStats", "Subscriber", "SubscriberStats",
-           "topic_for", "status_topic", "sanitise_topic_level", "default_client_id"]
+           "topic_for", "status_topic", "preview_topic", "json_object", "sanitise_topic_level", "default_client_id"]

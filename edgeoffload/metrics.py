@@ -38,7 +38,8 @@ INFERENCE_REQUESTS = Counter(
     ["site", "route", "code"], namespace=NAMESPACE)
 INFERENCE_FAILURES = Counter(
     "inference_failures", "Inference requests that did not produce detections, by reason "
-    "(bad_image, too_large, unsupported_type, overloaded, not_ready, error).",
+    "(bad_image, bad_request (a malformed v2 request), too_large, unsupported_type, unknown_model, overloaded, "
+    "not_ready, error).",
     ["site", "reason"], namespace=NAMESPACE)
 INFERENCE_SECONDS = Histogram(
     "inference_seconds", "Time spent in the detector per frame (decode and HTTP excluded).",

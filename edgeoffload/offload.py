@@ -37,8 +37,8 @@ import threading
 import time
 from collections import deque
 import queue as queue_module
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable, Mapping, Protocol
 from urllib.parse import urlsplit
 
 import requests
@@ -48,6 +48,7 @@ from requests.adapters import HTTPAdapter
 from edgeoffload.balance import DEFAULT_RECYCLE_S, Balancer, Lease
 from edgeoffload.discovery import Replica, ReplicaSource, StaticReplicas
 from edgeoffload.estimate import DEFAULT_ALPHA, DEFAULT_PROBE_INTERVAL_S, SiteEstimator
+from edgeoffload.openinference import HEADER_LENGTH, DetectionMapping
 from edgeoffload.policy import EdgeResult, Observation, Policy, SiteState, escalation_hook
 from edgeoffload.records import Detection, FrameRecord
 
@@ -79,6 +80,7 @@ class SiteConfig:
     rtt_s: float = 0.0
     uplink_bps: float = math.inf
     estimate_uplink: bool = False   # learn bandwidth from transfer times (the WAN site)
+    protocol: "SiteProtocol" = field(default_factory=lambda: NATIVE)   # how to ask its replicas
 
     def __post_init__(self) -> None:
         if self.name not in (EDGE, CLOUD):
@@ -161,7 +163,7 @@ class SiteMonitor:
 class InferenceAnswer:
     model: str
     detections: tuple[Detection, ...]
-    inference_s: float
+    inference_s: float | None   # the unit's own inference time; None when the server does not say
     queue_s: float = 0.0   # time the request waited inside the unit before inference started
     replica: str = ""      # the replica that answered, as it names itself
 
@@ -184,11 +186,79 @@ def new_session(pool_size: int = 1) -> requests.Session:
     return session
 
 
-def post_frame(pool: urllib3.HTTPConnectionPool, path: str, payload: bytes, timeout_s: float,
-               content_type: str = "image/jpeg") -> InferenceAnswer:
-    """POST one encoded frame to `path` (a replica's /infer) on `pool`; boxes are in sent pixels."""
+class SiteProtocol(Protocol):
+    """How one frame is asked of a site's replica and its answer read; discovery, balancing,
+    retries, failover and records are the same whatever the protocol."""
+
+    name: str
+    infer_path: str      # under the replica's base URL
+    ready_path: str      # what the health loop probes on a static site
+
+    def request(self, payload: bytes, content_type: str) -> tuple[bytes, dict[str, str]]: ...
+
+    def answer(self, body: bytes, headers: Mapping[str, str]) -> InferenceAnswer: ...
+
+
+def _answer(model: Any, detections: tuple[Detection, ...], timings: Mapping[str, Any],
+            timed: bool) -> InferenceAnswer:
+    """The answer of a unit's fields; without `timed`, inference_ms may be missing (v2 servers)."""
+    inference_ms = timings["inference_ms"] if timed or "inference_ms" in timings else None
+    return InferenceAnswer(model=str(model), detections=detections,
+                           inference_s=None if inference_ms is None else max(0.0, float(inference_ms)) / 1000.0,
+                           queue_s=max(0.0, float(timings.get("queue_ms", 0.0))) / 1000.0,
+                           replica=str(timings.get("replica", ""))[:253])
+
+
+class NativeProtocol:
+    """edgeoffload's own: `POST /infer` with the image as the body, the answer in JSON."""
+
+    name = "edgeoffload"
+    infer_path = "/infer"
+    ready_path = "/v2/health/ready"
+
+    def request(self, payload: bytes, content_type: str) -> tuple[bytes, dict[str, str]]:
+        return payload, {"Content-Type": content_type}
+
+    def answer(self, body: bytes, headers: Mapping[str, str]) -> InferenceAnswer:
+        document = json.loads(body)
+        detections = tuple(Detection.from_dict(d) for d in document.get("detections", []))
+        return _answer(document.get("model", ""), detections, document, timed=True)
+
+
+class V2Protocol:
+    """The Open Inference Protocol (KServe v2): Triton, OVMS, KServe, MLServer or a unit's /v2 routes.
+    Their answers need not carry the unit's timings or replica (edgeoffload.openinference)."""
+
+    name = "v2"
+
+    def __init__(self, mapping: DetectionMapping) -> None:
+        self.mapping = mapping
+        self.infer_path = mapping.infer_path
+        self.ready_path = mapping.ready_path
+
+    def request(self, payload: bytes, content_type: str) -> tuple[bytes, dict[str, str]]:
+        return self.mapping.request(payload)
+
+    def answer(self, body: bytes, headers: Mapping[str, str]) -> InferenceAnswer:
+        model, detections, parameters = self.mapping.answer(body, headers.get(HEADER_LENGTH))
+        return _answer(model, detections, parameters, timed=False)
+
+
+NATIVE = NativeProtocol()
+
+
+def post_frame(pool: urllib3.HTTPConnectionPool, base_path: str, payload: bytes, timeout_s: float,
+               content_type: str = "image/jpeg", protocol: SiteProtocol = NATIVE) -> InferenceAnswer:
+    """Ask a replica (`pool`, under `base_path`) about one encoded frame; boxes are in sent pixels."""
+    body, headers = protocol.request(payload, content_type)
+    return send_request(pool, base_path, body, headers, timeout_s, protocol)
+
+
+def send_request(pool: urllib3.HTTPConnectionPool, base_path: str, body: bytes, headers: Mapping[str, str],
+                 timeout_s: float, protocol: SiteProtocol) -> InferenceAnswer:
+    """POST a request `protocol` built; InferenceFailure says whether another replica or site may succeed."""
     try:
-        response = pool.urlopen("POST", path, body=payload, headers={"Content-Type": content_type},
+        response = pool.urlopen("POST", base_path.rstrip("/") + protocol.infer_path, body=body, headers=headers,
                                 timeout=urllib3.Timeout(total=timeout_s), retries=False, redirect=False)
     except urllib3.exceptions.NewConnectionError:   # a ConnectTimeoutError subclass: test it first
         raise InferenceFailure("connection", "connection refused", retryable=True) from None
@@ -201,19 +271,14 @@ def post_frame(pool: urllib3.HTTPConnectionPool, path: str, payload: bytes, time
         raise InferenceFailure(f"http_{response.status}", _error_detail(response.data),
                                retryable=response.status >= 500)
     try:
-        body = json.loads(response.data)
-        detections = tuple(Detection.from_dict(d) for d in body.get("detections", []))
-        return InferenceAnswer(model=str(body.get("model", "")), detections=detections,
-                               inference_s=max(0.0, float(body["inference_ms"])) / 1000.0,
-                               queue_s=max(0.0, float(body.get("queue_ms", 0.0))) / 1000.0,
-                               replica=str(body.get("replica", ""))[:253])
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        return protocol.answer(response.data, response.headers)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:   # ProtocolError is a ValueError
         raise InferenceFailure("bad_response", str(exc)[:200], retryable=True) from None
 
 
-def infer_path(url: str) -> str:
-    """The /infer path under a base URL (which may carry a path prefix, e.g. behind an ingress)."""
-    return urlsplit(url).path.rstrip("/") + "/infer"
+def base_path(url: str) -> str:
+    """The path prefix of a base URL (e.g. behind an ingress), without its trailing slash."""
+    return urlsplit(url).path.rstrip("/")
 
 
 def _error_detail(data: bytes) -> str:
@@ -254,6 +319,7 @@ class FrameJob:
     bytes_sent: int = 0
     edge_stage: EdgeStage | None = None   # set once the cascade escalated it after the edge's answer
     record: FrameRecord | None = None
+    receipt: Any = None                # what the record sink returned (the preprocessor: the MQTT message id)
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
     _claim: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -352,7 +418,7 @@ class Senders:
             thread.join(max(0.0, deadline - time.monotonic()))
 
 
-RecordSink = Callable[[FrameRecord], None]
+RecordSink = Callable[[FrameRecord], Any]
 SAME_SITE_RETRY = ("connection", "http_503")   # this replica cannot take the frame; another may
 
 
@@ -511,11 +577,12 @@ class Offloader:
     def _serve(self, job: FrameJob, site: str, lease: Lease) -> None:
         """Send on `lease`; a refusal or 503 tries one other replica of the site before failing over."""
         config, monitor, balancer = self.configs[site], self.monitors[site], self.balancers[site]
+        body, headers = config.protocol.request(job.payload, job.content_type)
         sent_at = time.monotonic()
-        job.bytes_sent += len(job.payload)
+        job.bytes_sent += len(body)
         try:
-            answer = post_frame(lease.pool, infer_path(lease.backend.url), job.payload, config.timeout_s,
-                                job.content_type)
+            answer = send_request(lease.pool, base_path(lease.backend.url), body, headers, config.timeout_s,
+                                  config.protocol)
         except InferenceFailure as failure:
             balancer.release(lease, ok=False, refused=failure.kind == "connection")
             if failure.kind in SAME_SITE_RETRY and not job.replica_retried and not self._stopping.is_set():
@@ -532,9 +599,12 @@ class Offloader:
             self._on_failure(job, site, failure)
             return
         balancer.release(lease, ok=True)
-        network = max(0.0, time.monotonic() - sent_at - answer.inference_s - answer.queue_s)
+        round_trip = time.monotonic() - sent_at
+        if answer.inference_s is None:   # a server that does not time itself: its whole round trip
+            answer = replace(answer, inference_s=round_trip)
+        network = max(0.0, round_trip - answer.inference_s - answer.queue_s)
         monitor.release()
-        monitor.record_answer(answer.inference_s, network, len(job.payload))
+        monitor.record_answer(answer.inference_s, network, len(body))
         replica = answer.replica or lease.backend.name
         reason = f"failover:{job.failover_from}->{site}" if job.failover_from else ""
         if site == EDGE and not reason and self._escalate is not None:
@@ -588,7 +658,7 @@ class Offloader:
             while not self._stopping.wait(self._health_interval_s):
                 for name, config in self.configs.items():
                     if self.sources[name].kind == "static":
-                        self.monitors[name].set_ready(*probe_ready(session, config.url))
+                        self.monitors[name].set_ready(*probe_ready(session, config.url, config.protocol.ready_path))
         finally:
             session.close()
 
@@ -624,7 +694,7 @@ class Offloader:
         except Exception:
             log.exception("policy feedback failed for frame %s/%d", job.camera, job.frame_id)
         try:
-            self._sink(record)
+            job.receipt = self._sink(record)
         except Exception:
             log.exception("record sink failed for frame %s/%d", job.camera, job.frame_id)
         job._done.set()
@@ -650,7 +720,8 @@ class Offloader:
             balancer = self.balancers[name]
             sites[name] = {**monitor.describe(), "queued": len(self.queues[name]),
                            "queue_size": self.configs[name].queue_size, "concurrency": balancer.capacity,
-                           "discovery": self.sources[name].status(), "backends": balancer.describe()}
+                           "protocol": self.configs[name].protocol.name, "discovery": self.sources[name].status(),
+                           "backends": balancer.describe()}
         with self._open_cond:
             open_jobs = self._open_jobs
         return {"policy": getattr(self.policy, "name", ""), "open_frames": open_jobs, **sites}
@@ -666,14 +737,16 @@ def _escalation_fields(job: FrameJob) -> dict[str, Any]:
             "edge_detections": len(found), "t_edge_ms": (stage.done_at - job.arrived) * 1000.0}
 
 
-def probe_ready(session: requests.Session, base_url: str, timeout_s: float = 1.0) -> tuple[bool, str]:
-    """(ready, reason) from a site's KServe-v2 ready endpoint."""
+def probe_ready(session: requests.Session, base_url: str, path: str = NATIVE.ready_path,
+                timeout_s: float = 1.0) -> tuple[bool, str]:
+    """(ready, reason) from a site's KServe-v2 ready endpoint (the server's, or its model's)."""
     try:
-        response = session.get(base_url.rstrip("/") + "/v2/health/ready", timeout=timeout_s)
+        response = session.get(base_url.rstrip("/") + path, timeout=timeout_s)
     except requests.RequestException as exc:
         return False, f"ready probe: {type(exc).__name__}"
     return (True, "") if response.status_code == 200 else (False, f"ready probe: HTTP {response.status_code}")
 
 
 __all__ = ["EDGE", "CLOUD", "identity_box", "EdgeStage", "SiteConfig", "SiteMonitor", "InferenceAnswer", "InferenceFailure", "FrameJob",
-           "SiteQueue", "Offloader", "post_frame", "infer_path", "probe_ready", "new_session"]
+           "SiteQueue", "Offloader", "SiteProtocol", "NativeProtocol", "V2Protocol", "NATIVE", "post_frame",
+           "send_request", "base_path", "probe_ready", "new_session"]

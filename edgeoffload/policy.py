@@ -16,12 +16,14 @@ without the second method keeps every edge answer, exactly as before.
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
 import inspect
 import math
 import random
 import sys
+import traceback
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -376,8 +378,9 @@ def load_policy(spec: str, seed: int | None = None) -> Policy:
     if name in BUILTINS:
         return BUILTINS[name](arg or None, 0 if seed is None else seed)
     if not arg:
-        raise ValueError(f"unknown policy {spec!r}: use a built-in ({', '.join(sorted(BUILTINS))}),"
-                         " 'module:attr' or 'path/to/file.py:attr'")
+        close = difflib.get_close_matches(name, BUILTINS, n=1)
+        raise ValueError(f"unknown policy {spec!r}{f' (did you mean {close[0]!r}?)' if close else ''}: use a "
+                         f"built-in ({', '.join(sorted(BUILTINS))}), 'module:attr' or 'path/to/file.py:attr'")
     target, _, attr = spec.rpartition(":")
     module = _import_target(target)
     try:
@@ -418,6 +421,9 @@ def _takes_seed(cls: type) -> bool:
 
 
 def _import_target(target: str) -> Any:
+    """The module a `target:attr` spec names. A policy file may import modules beside it (its
+    folder joins sys.path, as `python file.py` would have it); any error while importing
+    becomes one ValueError line naming the file and line, not a traceback."""
     if is_policy_file(target):
         path = Path(target).expanduser().resolve()
         if not path.is_file():
@@ -427,10 +433,27 @@ def _import_target(target: str) -> Any:
         if spec is None or spec.loader is None:
             raise ValueError(f"cannot load policy file {target}")
         module = importlib.util.module_from_spec(spec)
+        if str(path.parent) not in sys.path:
+            sys.path.insert(0, str(path.parent))
         sys.modules[module_name] = module
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            del sys.modules[module_name]
+            raise ValueError(f"policy file {_where(exc, str(path))}") from None
         return module
     try:
         return importlib.import_module(target)
-    except ImportError as exc:
-        raise ValueError(f"cannot import policy module {target!r}: {exc}") from exc
+    except Exception as exc:
+        raise ValueError(f"cannot import policy module {target!r}: {_where(exc)}") from None
+
+
+def _where(exc: BaseException, path: str | None = None) -> str:
+    """`file:line: Kind: message` of an import failure: the syntax error's own place, else the
+    deepest line of `path` (or of any file) in the traceback."""
+    if isinstance(exc, SyntaxError):
+        return f"{exc.filename or path}:{exc.lineno}: SyntaxError: {exc.msg}"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if (f.filename == path if path else not f.filename.startswith("<") and "importlib" not in f.filename)]
+    place = f"{frames[-1].filename}:{frames[-1].lineno}: " if frames else (f"{path}: " if path else "")
+    return f"{place}{type(exc).__name__}: {' '.join(str(exc).split())}"

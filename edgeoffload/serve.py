@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -87,7 +88,11 @@ class UnitProcess:
     metrics_dir: str = field(default="")
 
     def stop(self, timeout: float = 15.0) -> int:
-        return stop_process_group(self.process, timeout)
+        """Stop the unit and remove its temporary metrics folder (nothing reads it afterwards)."""
+        code = stop_process_group(self.process, timeout)
+        if self.metrics_dir:
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
+        return code
 
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
@@ -146,7 +151,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     """`edgeoffload serve UNIT`: the container entry point (gunicorn replaces this process)."""
     parser.add_argument("unit", choices=sorted(UNITS))
     parser.add_argument("--bind", help="host:port (default $BIND or 0.0.0.0:8080)")
-    parser.add_argument("--workers", type=int, help="gunicorn workers (default: CPUs, max 4)")
+    parser.add_argument("--workers", type=int,
+                        help=f"gunicorn workers (default $WORKERS, else 1 for {' and '.join(SINGLE_WORKER_UNITS)}, "
+                             "which keep per-process state, and for inference the CPUs available, at most 4)")
     parser.add_argument("--threads", type=int, help="threads per worker (default 4)")
 
 

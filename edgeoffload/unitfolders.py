@@ -33,6 +33,7 @@ class UnitSettings:
     env: dict[str, str]          # the ConfigMap's data (WORKERS, THREADS, INFER_* / PRE_* / WEB_*)
     pre_stop_s: float            # the preStop sleep: how long a leaving replica keeps serving
     cpu_request: float           # cores requested: the base of the HPA's CPU utilisation
+    memory_limit: float = 0.0    # bytes the container may use (0: no limit): what memory tests hold it to
 
 
 def units_root() -> Path:
@@ -58,7 +59,9 @@ def unit_settings(deployment: str) -> UnitSettings:
         raise UnitFolderError(f"{folder}: expected ConfigMap and Deployment named {deployment!r}")
     container = deployments[0]["spec"]["template"]["spec"]["containers"][0]
     return UnitSettings(env={str(k): str(v) for k, v in (config_maps[deployment].get("data") or {}).items()},
-                        pre_stop_s=_pre_stop_s(container), cpu_request=_cpu_request(container))
+                        pre_stop_s=_pre_stop_s(container), cpu_request=_cpu_request(container),
+                        memory_limit=parse_quantity(((container.get("resources") or {}).get("limits") or {})
+                                                    .get("memory", "0")))
 
 
 def _documents(path: Path) -> list[dict[str, Any]]:

@@ -209,6 +209,9 @@ def sent_sizes(trace: Trace, frames: CyclicFrames, max_side: int, quality: int =
 
 # --- the testbed side ---
 
+# The sequence the committed sim-vs-real results were measured with (replay's default is "faces").
+VALIDATION_FRAMES = "sample"
+
 # Runs a command module the way edgeoffload.cli does (register + run), whatever COMMANDS holds.
 _COMMAND_RUNNER = ("import argparse, importlib, sys; module = importlib.import_module(sys.argv[1]); "
                    "parser = argparse.ArgumentParser(); module.register(parser); "
@@ -237,6 +240,7 @@ def replay_process(trace_csv: Path, testbed: Testbed, out: Path, drain_timeout_s
     command = [sys.executable, "-c", _COMMAND_RUNNER, "edgeoffload.load.replay", str(trace_csv),
                "--target", testbed.preprocessor_url, "--mqtt-host", testbed.broker.host,
                "--mqtt-port", str(testbed.broker.port), "--mqtt-user", "monitor", "--out", str(out),
+               "--frames", VALIDATION_FRAMES,  # the frames sent_sizes measured, whatever replay's default
                "--drain-timeout", f"{drain_timeout_s:g}", "--no-progress"]
     completed = subprocess.run(command, env=env, capture_output=True, text=True,
                                timeout=duration_s + drain_timeout_s + 120)
@@ -534,7 +538,7 @@ def run_validation(setup: ValidationSetup, out_dir: str | Path,
     """Run the pipeline; `out_dir` receives profile.json, trace.csv and the record files."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    frames = open_source("sample")
+    frames = open_source(VALIDATION_FRAMES)
     trace = sent_sizes(generate(setup.trace), frames, setup.max_side)
     trace_csv = write_trace(trace, out / "trace.csv")
     with tempfile.TemporaryDirectory(prefix="edgeoffload-validation-") as workdir:

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeoffload.analysis import (POLICY_COLUMNS, Column, ReplicaPoint, after_warmup, compare, from_records,
+from edgeoffload.analysis import (POLICY_COLUMNS, Column, ReplicaPoint, after_warmup, compare, decisions_per_bin, from_records,
                                   from_runs, from_summary, markdown_table, pareto_front, plot_grouped_bars,
-                                  plot_latency_cdf, plot_pareto, plot_timelines, pod_seconds, simulate_policies,
+                                  plot_decisions, plot_latency_cdf, plot_pareto, plot_timelines, pod_seconds, simulate_policies,
                                   step_at, timeline_from_summary, write_table)
 from edgeoffload.records import FrameRecord, read_records
 from edgeoffload.sim import load_scenario, run_scenario
@@ -151,6 +151,8 @@ def test_plots_are_written_as_png(tmp_path: Path) -> None:
         plot_latency_cdf(tmp_path / "cdf.png", {"real": [1.0, 2.0, 3.0], "sim": [1.5, 2.5]}, "cdf"),
         plot_timelines(tmp_path / "sub" / "timeline.png", {"real": [ReplicaPoint(0, 1, 1), ReplicaPoint(5, 1, 2)]},
                        "replicas"),
+        plot_decisions(tmp_path / "decisions.png", [record(i, "edge" if i % 2 else "cloud") for i in range(6)],
+                       "decisions"),
     ]
     for path in paths:
         data = path.read_bytes()
@@ -184,3 +186,12 @@ def test_phases_are_cut_on_the_time_since_the_first_frame() -> None:
     records = [FrameRecord("cam", i, 1000.0 + t, "edge", "ok") for i, t in enumerate((0.0, 5.0, 44.9, 45.0, 120.0))]
     assert [r.frame_id for r in in_phase(records, 5.0, 45.0)] == [1, 2]
     assert [r.frame_id for r in in_phase(records, 45.0, 1e9)] == [3, 4]
+
+
+def test_decisions_are_counted_per_second_of_capture_time() -> None:
+    records = [FrameRecord(camera="c", frame_id=i, captured_at=1000.0 + t, site=site, status=status)  # type: ignore[arg-type]
+               for i, (t, site, status) in enumerate([(0.0, "edge", "ok"), (0.5, "cloud", "ok"), (1.2, "edge", "ok"),
+                                                      (2.9, "none", "dropped"), (2.95, "none", "error")])]
+    assert decisions_per_bin(records) == {"edge": [1, 1, 0], "cloud": [1, 0, 0], "dropped": [0, 0, 1],
+                                          "error": [0, 0, 1]}
+    assert decisions_per_bin([]) == {"edge": [], "cloud": [], "dropped": [], "error": []}

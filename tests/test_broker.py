@@ -1,6 +1,11 @@
 """EdgeBrokerProvider: the shipped config is what the code renders, and the real Mosquitto enforces it."""
 from __future__ import annotations
 
+import dataclasses
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -8,7 +13,9 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from edgeoffload.broker import ACL, BrokerProcess, hash_password, k8s_config, password_file_text
+from edgeoffload.broker import ACL, ROLES, BrokerProcess, hash_password, k8s_config, password_file_text
+from edgeoffload.messaging import MQTTSettings, Publisher
+from edgeoffload.serve import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -98,3 +105,69 @@ def test_broker_restart_keeps_port_and_credentials(fresh_broker: BrokerProcess) 
     fresh_broker.restart()
     _client, outcome = connect(fresh_broker, "monitor", fresh_broker.users["monitor"])
     assert outcome == ["Success"]
+
+
+def test_the_tls_config_listens_on_8883_only_with_the_mounted_certificate() -> None:
+    config = k8s_config(tls=True)
+    assert [line for line in config.splitlines() if line.startswith("listener ")] == ["listener 8883 0.0.0.0"]
+    for line in ("cafile /mosquitto/tls/ca.crt", "certfile /mosquitto/tls/tls.crt", "keyfile /mosquitto/tls/tls.key"):
+        assert line in config.splitlines()
+
+
+def _cli(*args: str, **popen: object) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "edgeoffload.cli", "broker", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **popen)  # type: ignore[call-overload]
+
+
+def test_broker_run_serves_tls_only_when_given_a_certificate(tls_files) -> None:
+    port = free_port()
+    process = _cli("run", "--port", str(port), "--tls-cert", tls_files.certfile, "--tls-key", tls_files.keyfile,
+                   "--tls-ca", tls_files.cafile)
+    try:
+        assert process.stdout.readline().strip() == f"mosquitto on mqtts://127.0.0.1:{port} (TLS only)"
+        users = dict(line.strip().split(": ", 1) for line in (process.stdout.readline() for _ in ROLES))
+        over_tls = MQTTSettings(host="127.0.0.1", port=port, username="preprocessor", password=users["preprocessor"],
+                                cafile=tls_files.cafile)
+        with Publisher(over_tls) as publisher:
+            assert publisher.wait_connected(10), publisher.last_error
+        plaintext = dataclasses.replace(over_tls, cafile=None, reconnect_min_s=0.5, reconnect_max_s=1)
+        with Publisher(plaintext) as refused:
+            assert not refused.wait_connected(1.5)
+    finally:
+        process.send_signal(signal.SIGINT)  # Ctrl-C: the command stops its broker and exits cleanly
+        process.wait(15)
+    assert process.returncode == 0
+
+
+def test_broker_run_names_missing_tls_flags_in_one_line(tls_files) -> None:
+    process = _cli("run", "--port", str(free_port()), "--tls-cert", tls_files.certfile)
+    _out, err = process.communicate(timeout=30)
+    assert process.returncode == 2
+    assert err.strip() == "edgeoffload broker: error: TLS needs all of --tls-ca --tls-cert --tls-key"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_broker_run_stops_mosquitto_on_a_signal(sig: signal.Signals) -> None:
+    """Mosquitto runs in a session of its own: `broker run` must stop it on SIGTERM too."""
+    from edgeoffload.serve import free_port
+
+    port = free_port()
+    command = subprocess.Popen([sys.executable, "-m", "edgeoffload.cli", "broker", "run", "--port", str(port)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert command.stdout is not None and command.stdout.readline().startswith(f"mosquitto on mqtt://127.0.0.1:{port}")
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        command.send_signal(sig)
+        assert command.wait(20) == 0
+    finally:
+        if command.poll() is None:
+            command.kill()
+            command.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            return  # nothing listens any more: mosquitto is gone
+        time.sleep(0.1)
+    pytest.fail(f"mosquitto still listens on {port} after {sig.name} to `broker run`")

@@ -54,6 +54,8 @@ UNIT_OF_DEPLOYMENT = {
 }
 SCENARIO_POOL_DEPLOYMENTS = {"edge": "edge-inference", "cloud": "cloud-inference"}
 PLACEHOLDER = "REPLACE_ME"
+# Pinned to a release: a moving tag (":2") would change the broker on the next pull.
+MOSQUITTO_IMAGE = "eclipse-mosquitto:2.0.21"
 
 
 # ------------------------------------------------------------------ loading
@@ -166,7 +168,7 @@ def test_kustomize_build_yields_exactly_the_manifests() -> None:
     assert sorted((d["kind"], d["metadata"]["name"]) for d in rendered) == \
         sorted((o["kind"], o["metadata"]["name"]) for o in objects())
     images = {c["image"] for d in rendered if d["kind"] == "Deployment" for c in pod_spec(d)["containers"]}
-    assert images == {f"edgeoffload:{project_version()}", "eclipse-mosquitto:2"}
+    assert images == {f"edgeoffload:{project_version()}", MOSQUITTO_IMAGE}
 
 
 # ------------------------------------------------------------------ units: routes, env, probes
@@ -297,10 +299,16 @@ def test_secret_references_match_the_templates_and_templates_hold_no_secret() ->
                 ref = entry.get("valueFrom", {}).get("secretKeyRef")
                 if ref:
                     referenced.setdefault(ref["name"], set()).add(ref["key"])
+        # A mounted Secret's keys are the files the container's configuration names under the mount:
+        # mosquitto.conf for the broker (passwd, the TLS files), the ConfigMaps for the units (the CA).
+        named = re.findall(r"\s(/\S+)", broker.k8s_config()) + list(config_map_env(deployment).values())
         for volume in pod_spec(deployment).get("volumes", []):
-            if "secret" in volume:  # the broker's: mosquitto.conf names <secret dir>/passwd
-                key = Path(re.search(r"^password_file (\S+)", broker.k8s_config(), re.M).group(1)).name
-                referenced.setdefault(volume["secret"]["secretName"], set()).add(key)
+            if "secret" in volume:
+                mount = next(m["mountPath"] for c in pod_spec(deployment)["containers"]
+                             for m in c.get("volumeMounts", []) if m["name"] == volume["name"]).rstrip("/")
+                keys = {Path(path).name for path in named if Path(path).parent == Path(mount)}
+                assert keys, f"{deployment['metadata']['name']}: nothing names a file of Secret volume {volume['name']}"
+                referenced.setdefault(volume["secret"]["secretName"], set()).update(keys)
     assert referenced == templates
     assert not [o for o in objects() if o["kind"] == "Secret"], "real Secrets must not be committed"
     # kubectl apply -f DIR reads only .json/.yaml/.yml files: templates stay out of it.
@@ -649,13 +657,14 @@ def test_network_policies_allow_exactly_the_needed_flows() -> None:
     prometheus = Endpoint("monitoring", {"app.kubernetes.io/name": "prometheus"})
     stranger = Endpoint("default", {"app": "curl"})
     newcomer = Endpoint(NAMESPACE, {"app": "something-new"})  # isolated by namespace.yml's default deny
-    allowed = [(pre, edge, 8080), (pre, cloud, 8080), (pre, brk, 1883), (web, brk, 1883), (pre, OUTSIDE, 6443),
+    allowed = [(pre, edge, 8080), (pre, cloud, 8080), (pre, brk, 8883), (web, brk, 8883), (pre, OUTSIDE, 6443),
                (OUTSIDE, pre, 8080), (OUTSIDE, web, 8080), (prometheus, edge, 8080), (prometheus, cloud, 8080)]
     denied = [(web, edge, 8080), (web, cloud, 8080), (OUTSIDE, edge, 8080), (stranger, cloud, 8080),
-              (OUTSIDE, brk, 1883), (stranger, brk, 1883), (edge, brk, 1883), (cloud, pre, 8080),
+              (OUTSIDE, brk, 8883), (stranger, brk, 8883), (edge, brk, 8883), (cloud, pre, 8080),
+              (pre, brk, 1883), (web, brk, 1883),  # no plaintext MQTT
               (brk, pre, 8080), (pre, OUTSIDE, 443), (edge, OUTSIDE, 80), (web, OUTSIDE, 443),
               (edge, OUTSIDE, 6443), (cloud, OUTSIDE, 6443), (web, OUTSIDE, 6443), (brk, OUTSIDE, 6443),
-              (pre, brk, 8080), (pre, edge, 22), (OUTSIDE, newcomer, 8080), (newcomer, brk, 1883)]
+              (pre, brk, 8080), (pre, edge, 22), (OUTSIDE, newcomer, 8080), (newcomer, brk, 8883)]
     for source, destination, port in allowed:
         assert flow_allowed(source, destination, port), f"blocked: {source} -> {destination}:{port}"
     for source, destination, port in denied:
@@ -675,12 +684,13 @@ def test_broker_config_map_is_the_rendered_config_and_acl() -> None:
 def test_broker_deployment_mounts_what_the_config_names() -> None:
     deployment = of_kind("Deployment")["broker"]
     container = only_container(deployment)
-    assert container["image"] == "eclipse-mosquitto:2"
+    assert container["image"] == MOSQUITTO_IMAGE
     assert container["command"] == ["mosquitto", "-c", f"{broker.K8S_CONFIG_DIR}/mosquitto.conf"]
     volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
     mounts = {m["mountPath"].rstrip("/"): volumes[m["name"]] for m in container["volumeMounts"]}
     assert mounts[broker.K8S_CONFIG_DIR]["configMap"]["name"] == "broker-config"
     assert mounts[broker.K8S_SECRET_DIR]["secret"]["secretName"] == "broker-passwd"
+    assert mounts[broker.K8S_TLS_DIR]["secret"]["secretName"] == "broker-tls"
     claim = mounts[broker.K8S_DATA_DIR.rstrip("/")]["persistentVolumeClaim"]["claimName"]
     assert claim in of_kind("PersistentVolumeClaim")
     assert deployment["spec"]["strategy"]["type"] == "Recreate"  # one ReadWriteOnce volume
@@ -873,3 +883,10 @@ def test_yolo_image_serves_the_fetched_model_with_the_manifest_settings(fetch_mo
         hpa_metric = next(m.name for s in load_hpa_manifests(ROOT / "autoscale.yml")
                           if s.target == "edge-inference" for m in s.metrics if m.kind == "Pods")
         assert re.search(rf'^{hpa_metric}\{{site="edge"\}} 0\.0$', exposed, re.M), exposed[:2000]
+
+
+def test_the_image_carries_the_committed_results_where_the_webserver_shows_them() -> None:
+    copies = [shlex.split(c) for c in dockerfile_instructions("COPY") if not c.startswith("--from=")]
+    (destination,) = [dest for *sources, dest in copies if sources == ["experiments/results"]]
+    assert config_map_env(of_kind("Deployment")["webserver"])["WEB_RESULTS_DIR"] == destination
+    assert dockerignore_allows("experiments/results") and (ROOT / "experiments" / "results").is_dir()

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from skimage import data
 
-from edgeoffload.frames import FrameError, decode, encode_jpeg, fit_within, image_size, is_image_type, letterbox
+from edgeoffload.frames import (DecodeBudget, DecodeBudgetFull, FrameError, decode, decoded_bytes, encode_jpeg,
+                                fit_within, image_size, is_image_type, letterbox, min_decode_budget_mb, reduction,
+                                unscale)
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +87,48 @@ def test_content_type_check() -> None:
 def test_quality_out_of_range_is_refused(astronaut_bgr: np.ndarray) -> None:
     with pytest.raises(ValueError, match="1..100"):
         encode_jpeg(astronaut_bgr, quality=0)
+
+
+@pytest.mark.parametrize("size, at_least, factor", [
+    ((4096, 4096), (640, 640), 4),      # 1024 still covers 640; 512 would not
+    ((4096, 4096), (416, 416), 8),
+    ((1280, 720), (640, 640), 2),
+    ((640, 480), (640, 640), 1),        # never below what the consumer keeps
+    ((4096, 100), (416, 416), 8),       # the longer side decides
+    ((1000, 1000), None, 1),
+])
+def test_reduction_keeps_at_least_what_fitting_keeps(size, at_least, factor) -> None:
+    assert reduction(*size, at_least) == factor
+
+
+@pytest.mark.parametrize("extension", [".jpg", ".png"])
+def test_large_frames_decode_reduced_and_decoded_bytes_says_what_they_hold(astronaut_bgr: np.ndarray,
+                                                                          extension: str) -> None:
+    big = cv2.resize(astronaut_bgr, (2048, 1536))
+    data_bytes = cv2.imencode(extension, big)[1].tobytes()
+    image = decode(data_bytes, at_least=(640, 640))
+    assert image.shape == (768, 1024, 3)                       # 2048 / 2: the last reduction that covers 640
+    full = 2048 * 1536 * 3
+    reduced = 1024 * 768 * 3
+    assert decoded_bytes(data_bytes, at_least=(640, 640)) == reduced + (0 if extension == ".jpg" else full)
+    assert decode(data_bytes).shape == (1536, 2048, 3) and decoded_bytes(data_bytes) == full
+    assert min_decode_budget_mb(2048 * 1536) * 2**20 >= decoded_bytes(data_bytes, at_least=(16, 16))
+
+
+def test_unscale_maps_boxes_back_to_the_original() -> None:
+    assert unscale(0.5, 0.25)((10.0, 10.0, 20.0, 4.0)) == (20.0, 40.0, 40.0, 16.0)
+
+
+def test_decode_budget_refuses_what_does_not_fit_and_frees_what_it_held() -> None:
+    budget = DecodeBudget(100)
+    with budget.hold(60):
+        with pytest.raises(DecodeBudgetFull, match="decode budget"):
+            with budget.hold(41):
+                pass
+        with budget.hold(40):
+            assert budget.held == 100
+    assert budget.held == 0
+    with pytest.raises(RuntimeError):
+        with budget.hold(100):
+            raise RuntimeError("detector failed")
+    assert budget.held == 0

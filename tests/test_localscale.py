@@ -18,7 +18,7 @@ from edgeoffload.endpointslices import EndpointSliceStore
 from edgeoffload.hpa import load_hpa_manifests
 from edgeoffload.local import SiteOptions
 from edgeoffload.podmetrics import AVERAGE_WINDOW_S
-from edgeoffload.localscale import (IN_FLIGHT_METRIC, LocalAutoscaler, ReplicaPool, check_servable,
+from edgeoffload.localscale import (IN_FLIGHT_METRIC, LocalAutoscaler, ReplicaPool, check_servable, restart_delay,
                                     process_tree_cpu_seconds, scrape_in_flight)
 from edgeoffload.relay import TcpRelay
 from edgeoffload.unitfolders import autoscale_file
@@ -154,15 +154,24 @@ def test_a_replica_still_starting_is_pending_to_the_hpa_and_cancelled_first(pool
     assert ready_names(pool) == ["edge-inference-1", "edge-inference-2"]
 
 
-def test_a_replica_that_dies_leaves_the_rotation_at_once(pool: ReplicaPool) -> None:
+def test_a_replica_that_dies_leaves_the_rotation_at_once_and_a_new_one_replaces_it(pool: ReplicaPool) -> None:
     pool.scale_to(2)
     victim = pool.replicas[0]
     os.killpg(victim.pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
-    while ready_names(pool) != ["edge-inference-2"]:
+    while "edge-inference-1" in ready_names(pool) or pool.restarts == 0:
         assert time.monotonic() < deadline, ready_names(pool)
         time.sleep(0.05)
-    assert pool.size == 1 and pool.exits == 1 and len(pool.relay.backends) == 1
+    assert [r.name for r in pool.replicas][:1] == ["edge-inference-2"] and pool.desired == 2 and pool.restarts == 1
+    assert victim.address not in pool.relay.backends
+    wait_until(lambda: pool.size == 2)  # the replacement: a new replica, as a ReplicaSet creates a new pod
+    assert [r.name for r in pool.replicas] == ["edge-inference-2", "edge-inference-3"]
+    wait_until(lambda: ready_names(pool) == ["edge-inference-2", "edge-inference-3"])
+    assert len(pool.relay.backends) == 2 and pool.exits == 1
+
+
+def test_restarts_back_off_like_crash_loop_back_off() -> None:
+    assert [restart_delay(streak) for streak in range(0, 8)] == [0, 0, 10, 20, 40, 80, 160, 300]
 
 
 def test_cpu_metric_is_utilisation_of_the_request(pool: ReplicaPool) -> None:

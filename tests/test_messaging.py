@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
@@ -15,7 +14,6 @@ import pytest
 from edgeoffload.broker import RESULTS_TOPIC, STATUS_TOPIC, BrokerProcess, TLSFiles, start_broker
 from edgeoffload.messaging import MQTTSettings, Publisher, Subscriber, status_topic, topic_for
 from edgeoffload.records import FrameRecord
-from edgeoffload.serve import free_port
 
 WAIT = 10.0
 
@@ -274,11 +272,13 @@ def test_buffer_is_bounded_while_broker_is_away(fresh_broker: BrokerProcess) -> 
         assert sub.wait_subscribed(WAIT) and pub.wait_connected(WAIT)
         fresh_broker.stop()
         assert not pub.wait_connected(0) or _wait_disconnected(pub)
-        accepted = [pub.publish_record(record(i)) for i in range(8)]
-        assert accepted == [True] * 5 + [False] * 3
+        mids = [pub.publish_record(record(i)) for i in range(8)]
+        assert [mid is not None for mid in mids] == [True] * 5 + [False] * 3
         assert pub.stats().dropped == 3 and pub.stats().buffered == 5
+        assert not pub.wait_acked(mids[0], 0.3)   # held, not acknowledged: the broker is away
         fresh_broker.start()
-        assert pub.flush(WAIT)
+        assert all(pub.wait_acked(mid, WAIT) for mid in mids[:5])
+        assert pub.flush(0)
         assert sink.wait_for(lambda s: len(s.records) == 5)
     assert sorted(r.frame_id for r in sink.records) == [0, 1, 2, 3, 4]
 
@@ -290,24 +290,6 @@ def _wait_disconnected(pub: Publisher, timeout: float = WAIT) -> bool:
     return not pub.connected
 
 
-def _make_certificates(directory: Path) -> TLSFiles:
-    """A throwaway CA and a server certificate for 127.0.0.1 (openssl CLI)."""
-    directory.mkdir(parents=True, exist_ok=True)
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
-
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=edgeoffload-test-ca",
-            "-keyout", "ca.key", "-out", "ca.crt")
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key",
-            "-out", "server.csr")
-    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-            "-days", "2", "-extfile", "san.ext", "-out", "server.crt")
-    return TLSFiles(str(directory / "ca.crt"), str(directory / "server.crt"), str(directory / "server.key"),
-                    port=free_port())
-
-
 @pytest.fixture
 def broker_workdir() -> Path:
     """A workdir in the temp dir: reachable by the `mosquitto` user Mosquitto drops to as root."""
@@ -316,24 +298,69 @@ def broker_workdir() -> Path:
     shutil.rmtree(workdir, ignore_errors=True)
 
 
-def test_records_flow_over_tls(broker_workdir: Path) -> None:
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is needed to make test certificates")
+def test_records_flow_over_tls_and_nothing_else_is_served(broker_workdir: Path, tls_files: TLSFiles) -> None:
     workdir = broker_workdir
-    tls = _make_certificates(workdir / "certs")
+    tls = tls_files
     with start_broker(workdir=workdir, tls=tls) as tls_broker:
         def over_tls(role: str) -> MQTTSettings:
-            return MQTTSettings(host="127.0.0.1", port=tls.port, username=role, password=tls_broker.users[role],
+            return MQTTSettings(host="127.0.0.1", port=tls_broker.port, username=role, password=tls_broker.users[role],
                                 cafile=tls.cafile, reconnect_min_s=0.2, reconnect_max_s=1)
+
+        config = (workdir / "mosquitto.conf").read_text()
+        assert config.count("\nlistener ") == 1 and f"certfile {workdir}/tls/tls.crt" in config
+        plaintext = MQTTSettings(host="127.0.0.1", port=tls_broker.port, username="preprocessor",
+                                 password=tls_broker.users["preprocessor"], reconnect_min_s=0.5, reconnect_max_s=1)
+        with Publisher(plaintext) as refused:  # the plaintext listener is off when TLS is on
+            assert not refused.wait_connected(1.5)
 
         sink = Collector()
         with sink.subscriber(over_tls("webserver")) as sub, Publisher(over_tls("preprocessor")) as pub:
             assert sub.wait_subscribed(WAIT) and pub.wait_connected(WAIT), pub.last_error
             pub.publish_record(record(1, camera="tls"))
             assert pub.flush(WAIT) and sink.wait_for(lambda s: len(s.records) == 1)
-        untrusted = MQTTSettings(host="127.0.0.1", port=tls.port, username="preprocessor",
-                                 password=tls_broker.users["preprocessor"], cafile=str(workdir / "certs" / "server.crt"),
+        untrusted = MQTTSettings(host="127.0.0.1", port=tls_broker.port, username="preprocessor",
+                                 password=tls_broker.users["preprocessor"], cafile=tls.certfile,
                                  reconnect_min_s=0.5, reconnect_max_s=1)
         with Publisher(untrusted) as rejected:  # wrong CA: the handshake must fail
             assert not rejected.wait_connected(1.5)
     assert sink.records[0].camera == "tls"
+
+
+def test_previews_are_retained_at_qos0_readable_by_the_webserver_and_not_counted_as_records(
+        broker: BrokerProcess) -> None:
+    from edgeoffload.broker import PREVIEWS_TOPIC
+    from edgeoffload.messaging import preview_topic
+
+    assert preview_topic("door/1") == "edgeoffload/previews/door_1"
+    received: list[tuple[str, bytes]] = []
+    with Publisher(settings_for(broker, "preprocessor")) as pub:
+        assert pub.wait_connected(WAIT), pub.last_error
+        for i in range(200):  # many: every QoS 0 id must be forgotten once written
+            assert pub.publish_preview("door/1", b'{"n": %d}' % i)
+        assert pub.publish_record(record(1))
+        assert pub.flush(WAIT)
+        assert poll(lambda: not pub._previews_in_flight)  # noqa: SLF001 - no id left to clash with a record's
+        stats = pub.stats()
+        # Subscribes afterwards: only the retained (last) preview can reach it.
+        with Subscriber(settings_for(broker, "webserver"), (f"{PREVIEWS_TOPIC}/#",),
+                        on_preview=lambda topic, payload: received.append((topic, payload))) as sub:
+            assert sub.wait_subscribed(WAIT)
+            assert poll(lambda: len(received) == 1)
+    assert received == [("edgeoffload/previews/door_1", b'{"n": 199}')]
+    assert stats.published == 1 and stats.acked == 1 and stats.buffered == 0  # the record only
+
+
+def test_only_the_preprocessor_may_publish_previews(broker: BrokerProcess) -> None:
+    from edgeoffload.broker import PREVIEWS_TOPIC
+
+    received: list[bytes] = []  # of this test's camera (other tests' retained previews may arrive too)
+    with Subscriber(settings_for(broker, "monitor"), (f"{PREVIEWS_TOPIC}/acl-cam",),
+                    on_preview=lambda _topic, payload: received.append(payload)) as monitor, \
+            Publisher(settings_for(broker, "webserver"), unit="webserver") as intruder, \
+            Publisher(settings_for(broker, "preprocessor")) as legit:
+        assert monitor.wait_subscribed(WAIT) and intruder.wait_connected(WAIT) and legit.wait_connected(WAIT)
+        intruder.publish_preview("acl-cam", b"forged")
+        legit.publish_preview("acl-cam", b"real")
+        assert poll(lambda: b"real" in received)
+        time.sleep(0.3)
+    assert received == [b"real"]

@@ -84,25 +84,55 @@ def test_offloader_accounts_for_every_frame_even_without_dispatchers() -> None:
     assert offloader.state()["edge"]["in_flight"] == 0 and offloader.wait_idle(0)
 
 
-def test_network_time_excludes_the_units_own_queueing(monkeypatch: pytest.MonkeyPatch) -> None:
+class FakeResponse:
+    def __init__(self, data: bytes, headers: dict[str, str] | None = None) -> None:
+        self.status, self.data, self.headers = 200, data, headers or {}
+
+
+class FakePool:
+    """Answers every request with `response` and remembers what was sent."""
+
+    def __init__(self, response: FakeResponse) -> None:
+        self.response = response
+        self.sent: list[tuple[str, bytes, dict[str, str]]] = []
+
+    def urlopen(self, method: str, path: str, body: bytes, headers: dict[str, str], **_: object) -> FakeResponse:
+        self.sent.append((path, body, headers))
+        return self.response
+
+
+def test_network_time_excludes_the_units_own_queueing() -> None:
     """post_frame reads queue_ms so a busy unit is not mistaken for a slow network."""
     from edgeoffload import offload
 
-    class FakeResponse:
-        status = 200
-        data = b'{"model": "m", "detections": [], "inference_ms": 20.0, "queue_ms": 30.0, "replica": "edge-7"}'
-
-    class FakePool:
-        def urlopen(self, *args: object, **kwargs: object) -> FakeResponse:
-            return FakeResponse()
-
-    answer = offload.post_frame(FakePool(), "/infer", b"x", 1.0)  # type: ignore[arg-type]
+    pool = FakePool(FakeResponse(b'{"model": "m", "detections": [], "inference_ms": 20.0, "queue_ms": 30.0, '
+                                 b'"replica": "edge-7"}'))
+    answer = offload.post_frame(pool, "", b"x", 1.0)  # type: ignore[arg-type]
     assert answer.inference_s == pytest.approx(0.020) and answer.queue_s == pytest.approx(0.030)
-    assert answer.replica == "edge-7"
+    assert answer.replica == "edge-7" and pool.sent == [("/infer", b"x", {"Content-Type": "image/jpeg"})]
 
 
-def test_infer_path_keeps_a_base_path() -> None:
-    from edgeoffload.offload import infer_path
+def test_v2_answers_need_not_carry_timings_or_replica() -> None:
+    """A Triton-like answer: no parameters; the engine then counts the round trip as inference."""
+    from edgeoffload import offload
+    from edgeoffload.openinference import DetectionMapping, decode
 
-    assert infer_path("http://edge-inference:8080") == "/infer"
-    assert infer_path("https://gw.example/cloud/") == "/cloud/infer"
+    answer_body = (b'{"model_name": "yolo", "outputs": [{"name": "boxes", "datatype": "FP32", "shape": [1, 4], '
+                   b'"data": [1, 2, 3, 4]}, {"name": "scores", "datatype": "FP32", "shape": [1], "data": [0.5]}, '
+                   b'{"name": "labels", "datatype": "BYTES", "shape": [1], "data": ["car"]}]}')
+    pool = FakePool(FakeResponse(answer_body, {"Content-Type": "application/json"}))
+    protocol = offload.V2Protocol(DetectionMapping("yolo"))
+    answer = offload.post_frame(pool, "/cloud", b"\xff\xd8jpeg", 1.0, protocol=protocol)  # type: ignore[arg-type]
+    assert (answer.model, answer.inference_s, answer.queue_s, answer.replica) == ("yolo", None, 0.0, "")
+    assert [(d.label, d.box) for d in answer.detections] == [("car", (1, 2, 3, 4))]
+    [(path, body, headers)] = pool.sent
+    assert path == "/cloud/v2/models/yolo/infer"
+    request = decode(body, headers["Inference-Header-Content-Length"], "inputs")
+    assert request.tensors[0].values == (b"\xff\xd8jpeg",)
+
+
+def test_base_path_keeps_a_path_prefix() -> None:
+    from edgeoffload.offload import base_path
+
+    assert base_path("http://edge-inference:8080") == ""
+    assert base_path("https://gw.example/cloud/") == "/cloud"

@@ -265,3 +265,35 @@ def test_as_policy_keeps_the_hook_of_objects_without_feedback() -> None:
     hook = escalation_hook(wrapped)
     assert hook is not None and hook(obs(), edge_result(None)) and not hook(obs(), edge_result(3.0))
     assert escalation_hook(as_policy(lambda o: True)) is None
+
+
+def test_a_policy_file_with_a_syntax_error_is_one_line_naming_file_and_line(tmp_path: Path) -> None:
+    policy_file = tmp_path / "broken.py"
+    policy_file.write_text("def estimate_to_cloud(obs):\n    return obs.frame_bytes >\n")
+    with pytest.raises(ValueError) as caught:
+        load_policy(f"{policy_file}:estimate_to_cloud")
+    message = str(caught.value)
+    assert message.startswith(f"policy file {policy_file}:2: SyntaxError: ") and "\n" not in message
+
+
+def test_a_policy_file_whose_import_fails_names_its_line(tmp_path: Path) -> None:
+    policy_file = tmp_path / "needs.py"
+    policy_file.write_text("import math\nimport no_such_module_for_policies\n\ndef estimate_to_cloud(obs):\n    return True\n")
+    with pytest.raises(ValueError, match=rf"^policy file {policy_file}:2: ModuleNotFoundError: "
+                                         r"No module named 'no_such_module_for_policies'$"):
+        load_policy(f"{policy_file}:estimate_to_cloud")
+
+
+def test_a_policy_file_imports_modules_beside_it(tmp_path: Path) -> None:
+    (tmp_path / "policy_helpers_beside.py").write_text("LIMIT = 1000\n")
+    policy_file = tmp_path / "mine_with_helper.py"
+    policy_file.write_text("from policy_helpers_beside import LIMIT\n\n"
+                           "def estimate_to_cloud(obs):\n    return obs.frame_bytes > LIMIT\n")
+    policy = load_policy(f"{policy_file}:estimate_to_cloud")
+    assert policy.estimate_to_cloud(obs(frame_bytes=2000)) is True
+    assert policy.estimate_to_cloud(obs(frame_bytes=10)) is False
+
+
+def test_a_misspelt_builtin_suggests_the_name_meant() -> None:
+    with pytest.raises(ValueError, match=r"^unknown policy 'min-latancy' \(did you mean 'min-latency'\?\)"):
+        load_policy("min-latancy")

@@ -17,19 +17,21 @@ import argparse
 import dataclasses
 import os
 import queue
-import uuid
+import socket
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
+from urllib.parse import urlsplit
 
 import requests
 
 from edgeoffload.broker import RESULTS_TOPIC
 from edgeoffload.load.sample_video import FrameSource, open_source
-from edgeoffload.load.summary import RecordSummary, summarize, summary_rows, text_table
+from edgeoffload.load.summary import RecordSummary, summarize, summary_numbers, summary_rows, text_table
 from edgeoffload.load.trace import Trace, TraceEvent, read_trace
 from edgeoffload.messaging import MQTTSettings, Subscriber
 from edgeoffload.records import FrameRecord, RecordWriter
@@ -296,6 +298,8 @@ def replay(trace: Trace, target_url: str, frames: FrameSource, mqtt: MQTTSetting
     `mqtt` needs read access to `edgeoffload/results/#` (the monitor or webserver account).
     """
     began = time.monotonic()
+    check_reachable(*target_address(target_url), f"the target {target_url}")
+    check_reachable(mqtt.host, mqtt.port, "the MQTT broker")
     # A fresh session per replay: a reused client id would resume an old session and be handed
     # the records queued for it since, which belong to another run.
     mqtt = dataclasses.replace(mqtt, client_id=mqtt.client_id or f"edgeoffload-replay-{os.getpid()}-{uuid.uuid4().hex[:8]}",
@@ -313,7 +317,7 @@ def replay(trace: Trace, target_url: str, frames: FrameSource, mqtt: MQTTSetting
 
     try:
         subscriber.start()
-        if not subscriber.wait_subscribed(options.subscribe_timeout_s):
+        if not _wait_subscribed(subscriber, options.subscribe_timeout_s):
             refused = subscriber.stats().refused_subscriptions
             raise ConnectionError(f"MQTT {mqtt.host}:{mqtt.port} as {mqtt.username!r}: "
                                   + (f"subscription to {refused} refused by the ACL" if refused
@@ -335,6 +339,36 @@ def replay(trace: Trace, target_url: str, frames: FrameSource, mqtt: MQTTSetting
                         [s for s in sends if s.lateness_s > options.late_after_s], Path(out) if out else None)
 
 
+def _wait_subscribed(subscriber: Subscriber, timeout_s: float) -> bool:
+    """Until subscribed; False at once when the broker refuses the login, else after the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while not subscriber.wait_subscribed(0.1):
+        if subscriber.last_error or time.monotonic() > deadline:
+            return False
+    return True
+
+
+def target_address(url: str) -> tuple[str, int]:
+    """(host, port) of a preprocessor base URL; ValueError for anything but http(s)://HOST[:PORT]."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"target {url!r} is not a URL: expected e.g. http://127.0.0.1:8080")
+    try:
+        return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:  # a port that is not a number
+        raise ValueError(f"target {url!r} has an invalid port") from None
+
+
+def check_reachable(host: str, port: int, what: str, timeout_s: float = 3.0) -> None:
+    """ConnectionError (one line) unless something accepts TCP connections at host:port:
+    found before the trace starts rather than as hundreds of failed sends."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return
+    except OSError as exc:
+        raise ConnectionError(f"{what} at {host}:{port} is unreachable: {exc.strerror or exc}") from None
+
+
 def report_rows(result: ReplayResult) -> list[tuple[str, str]]:
     """The replay's own accounting, followed by the records' summary."""
     lateness = sorted(s.lateness_s for s in result.sends)
@@ -350,6 +384,16 @@ def report_rows(result: ReplayResult) -> list[tuple[str, str]]:
         ("wall time", f"{result.wall_s:.1f} s"),
     ]
     return rows + summary_rows(result.summary)
+
+
+def report_numbers(result: ReplayResult) -> dict[str, Any]:
+    """report_rows as numbers (for summary.json): the accounting, then the records' summary."""
+    return {"frames_scheduled": result.scheduled, "frames_sent": result.sent, "frames_accepted": result.accepted,
+            "late_sends": len(result.late),
+            "max_lateness_ms": round(1000 * max((s.lateness_s for s in result.sends), default=0.0), 3),
+            "accounted": result.accounted, "missing_records": len(result.missing),
+            "duplicate_deliveries": result.duplicates, "records_of_other_cameras": result.foreign,
+            "wall_time_s": round(result.wall_s, 3), **summary_numbers(result.summary)}
 
 
 def format_report(result: ReplayResult, title: str = "replay summary") -> str:
@@ -372,12 +416,19 @@ def add_mqtt_arguments(parser: argparse.ArgumentParser, default_user: str = "mon
     parser.add_argument("--mqtt-host", default="127.0.0.1")
     parser.add_argument("--mqtt-port", type=int, default=1883)
     parser.add_argument("--mqtt-user", default=default_user, help="an account that may read results (monitor/webserver)")
-    parser.add_argument("--mqtt-password", default=None, help="default: $EDGEOFFLOAD_MQTT_PASSWORD")
+    parser.add_argument("--mqtt-password", default=None,
+                        help="visible to other users in the process list: prefer --mqtt-password-file or "
+                             "$EDGEOFFLOAD_MQTT_PASSWORD (the default)")
+    parser.add_argument("--mqtt-password-file", default=None, help="read the password from this file")
     parser.add_argument("--mqtt-cafile", default=None, help="CA certificate: connect with TLS")
 
 
 def mqtt_settings_from(args: argparse.Namespace) -> MQTTSettings:
     password = args.mqtt_password if args.mqtt_password is not None else os.environ.get("EDGEOFFLOAD_MQTT_PASSWORD")
+    if args.mqtt_password_file:
+        if args.mqtt_password is not None:
+            raise ValueError("give --mqtt-password or --mqtt-password-file, not both")
+        password = Path(args.mqtt_password_file).read_text(encoding="utf-8").strip()
     return MQTTSettings(host=args.mqtt_host, port=args.mqtt_port, username=args.mqtt_user or None,
                         password=password, cafile=args.mqtt_cafile)
 
@@ -386,7 +437,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("trace", help="trace CSV (edgeoffload trace gen)")
     parser.add_argument("--target", required=True, help="preprocessor base URL, e.g. http://127.0.0.1:8080")
     add_mqtt_arguments(parser)
-    parser.add_argument("--frames", default="sample", help="'sample' (shipped images), an image folder or a video file")
+    parser.add_argument("--frames", default="faces",
+                        help="'faces' or 'sample' (made of shipped images), an image folder or a video file")
     parser.add_argument("--out", default=None, help="records file (.csv or .parquet)")
     defaults = ReplayOptions()
     parser.add_argument("--concurrency", type=int, default=defaults.concurrency, help="sender threads")
@@ -397,6 +449,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    target_address(args.target)  # a malformed URL fails before the trace and frames are read
     trace = read_trace(args.trace)
     options = ReplayOptions(concurrency=args.concurrency, speed=args.speed, drain_timeout_s=args.drain_timeout,
                             progress=not args.no_progress)
@@ -406,4 +459,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 __all__ = ["ReplayOptions", "ReplayResult", "SendResult", "RecordCollector", "OpenLoopSender", "replay",
-           "format_report", "report_rows", "add_mqtt_arguments", "mqtt_settings_from"]
+           "format_report", "report_rows", "report_numbers", "add_mqtt_arguments", "mqtt_settings_from", "check_reachable", "target_address"]

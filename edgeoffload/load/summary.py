@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -87,4 +87,15 @@ def summary_rows(summary: RecordSummary) -> list[tuple[str, str]]:
     return rows
 
 
-__all__ = ["RecordSummary", "summarize", "percentiles", "summary_rows", "text_table", "PERCENTILES"]
+def summary_numbers(summary: RecordSummary) -> dict[str, Any]:
+    """The same summary for a file (summary.json): numbers stay numbers, latencies in ms."""
+    def latency(values: dict[int, float]) -> dict[str, float]:
+        return {f"p{p}": round(values[p], 3) for p in PERCENTILES if p in values}
+
+    return {"records": summary.records, "by_site": dict(summary.by_site), "by_status": dict(summary.by_status),
+            "drop_reasons": dict(summary.drop_reasons), "latency_ms": latency(summary.latency_ms),
+            "latency_ms_by_site": {site: latency(values) for site, values in summary.latency_ms_by_site.items()},
+            "deadline_met": summary.deadline_met, "deadline_missed": summary.deadline_missed}
+
+
+__all__ = ["RecordSummary", "summarize", "percentiles", "summary_rows", "summary_numbers", "text_table", "PERCENTILES"]

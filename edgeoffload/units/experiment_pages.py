@@ -13,8 +13,9 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from edgeoffload.sweep import CELLS_FOLDER
 
@@ -29,6 +30,7 @@ MAX_TABLE_BYTES = 5 * 1024 * 1024
 MAX_FILES = 200
 MAX_DEPTH = 2   # the folder itself and one level of sub-folders (e.g. plots/)
 MAX_CELL_CHARS = 200
+EPOCH_RANGE = (1e9, 1e10)   # seconds since 1970: September 2001 to 2286
 
 
 class NotFound(LookupError):
@@ -77,23 +79,27 @@ def is_plain_name(segment: str) -> bool:
 
 
 class ExperimentResults:
-    """Read-only view of `root`, one sub-folder per experiment."""
+    """Read-only view of one or more results folders (`roots`), one sub-folder per experiment.
 
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+    Several roots let the local testbed show its own runs beside the committed experiments;
+    a name found in two roots is the first root's."""
+
+    def __init__(self, roots: str | Path | Sequence[str | Path]) -> None:
+        self.roots = [Path(roots)] if isinstance(roots, (str, Path)) else [Path(r) for r in roots]
 
     def entries(self) -> list[ExperimentEntry]:
         """Experiments, newest first."""
-        if not self.root.is_dir():
-            return []
-        entries = []
-        for folder in self.root.iterdir():
-            if folder.is_dir() and is_plain_name(folder.name) and self._inside(folder, self.root):
+        entries: dict[str, ExperimentEntry] = {}
+        for root in self.roots:
+            for folder in (root.iterdir() if root.is_dir() else ()):
+                if folder.name in entries or not (folder.is_dir() and is_plain_name(folder.name)
+                                                  and self._inside(folder, root)):
+                    continue
                 files = list(self._files(folder))
                 modified = max((f.stat().st_mtime for f in files), default=folder.stat().st_mtime)
-                entries.append(ExperimentEntry(folder.name, modified, len(files),
-                                               (folder / "summary.json").is_file()))
-        return sorted(entries, key=lambda e: (-e.modified, e.name))
+                entries[folder.name] = ExperimentEntry(folder.name, modified, len(files),
+                                                       (folder / "summary.json").is_file())
+        return sorted(entries.values(), key=lambda e: (-e.modified, e.name))
 
     def page(self, name: str) -> ExperimentPage:
         folder = self._folder(name)
@@ -129,10 +135,12 @@ class ExperimentResults:
 
     # -- helpers -------------------------------------------------------------------------------
     def _folder(self, name: str) -> Path:
-        folder = self.root / name
-        if not is_plain_name(name) or not folder.is_dir() or not self._inside(folder, self.root):
-            raise NotFound(name)
-        return folder
+        if is_plain_name(name):
+            for root in self.roots:
+                folder = root / name
+                if folder.is_dir() and self._inside(folder, root):
+                    return folder
+        raise NotFound(name)
 
     @staticmethod
     def _inside(path: Path, parent: Path) -> bool:
@@ -179,8 +187,13 @@ def csv_table(path: Path, title: str) -> Table:
             if len(rows) >= MAX_TABLE_ROWS:
                 truncated = True
                 break
-            rows.append([format_cell(_number_or_text(cell)) for cell in row])
+            rows.append([format_cell(_number_or_text(cell), column) for cell, column in zip(row, _padded(header, row))])
     return Table(title, [format_cell(c) for c in header], rows, truncated)
+
+
+def _padded(header: list[str], row: list[str]) -> list[str]:
+    """A column name per cell (a row longer than its header has unnamed cells)."""
+    return header + [""] * (len(row) - len(header))
 
 
 def json_tables(data: Any, title: str) -> list[Table]:
@@ -201,7 +214,7 @@ def json_tables(data: Any, title: str) -> list[Table]:
     tables: list[Table] = []
     scalars = [(k, v) for k, v in data.items() if _is_scalar(v)]
     if scalars:
-        tables.append(Table(title, ["key", "value"], [[format_cell(k), format_cell(v)] for k, v in scalars]))
+        tables.append(Table(title, ["key", "value"], [[format_cell(k), format_cell(v, k)] for k, v in scalars]))
     for key, value in data.items():
         if not _is_scalar(value):
             tables.extend(json_tables(value, f"{title} › {key}"))
@@ -217,7 +230,7 @@ def _records_table(title: str, rows: list[tuple[str, Any]], key_column: str = ""
     body = []
     for name, row in rows[:MAX_TABLE_ROWS]:
         values = row if isinstance(row, dict) else {"value": row}
-        body.append([format_cell(name) if key_column and c == key_column else format_cell(values.get(c, ""))
+        body.append([format_cell(name) if key_column and c == key_column else format_cell(values.get(c, ""), c)
                      for c in columns])
     return Table(title, [format_cell(c) for c in columns], body, len(rows) > MAX_TABLE_ROWS)
 
@@ -240,8 +253,18 @@ def _is_scalar(value: Any) -> bool:
     return value is None or isinstance(value, (str, int, float, bool))
 
 
-def format_cell(value: Any) -> str:
-    """Readable text for a table cell (escaping is the template's job)."""
+def is_timestamp(column: str, value: Any) -> bool:
+    """A wall-clock instant: a `*_at` column (captured_at, received_at...) holding seconds
+    since the epoch between 2001 and 2286, which people read as a time, not as 1.8 billion."""
+    return (column.endswith("_at") and isinstance(value, (int, float)) and not isinstance(value, bool)
+            and EPOCH_RANGE[0] <= value < EPOCH_RANGE[1])
+
+
+def format_cell(value: Any, column: str = "") -> str:
+    """Readable text for a table cell (escaping is the template's job); `column` names it."""
+    if is_timestamp(column, value):
+        instant = datetime.fromtimestamp(value, tz=timezone.utc)
+        return instant.strftime("%Y-%m-%d %H:%M:%S.") + f"{instant.microsecond // 1000:03d} UTC"
     if isinstance(value, bool) or value is None:
         return "" if value is None else str(value).lower()
     if isinstance(value, float):

@@ -1,7 +1,9 @@
 """gunicorn settings shared by every unit: gthread workers sized to the CPU limit.
 
 Read from the environment so a Deployment sets them: BIND (default 0.0.0.0:8080),
-WORKERS (default: CPUs available, capped at 4), THREADS (default 4), TIMEOUT, MAX_REQUESTS.
+WORKERS (default: CPUs available, capped at 4), THREADS (default 4), TIMEOUT, MAX_REQUESTS,
+and the slow-client bounds READ_TIMEOUT_S, READ_BUFFER_MB, MAX_BUFFERED_REQUEST_BYTES
+(edgeoffload.units.buffered_worker: gthread whose threads only get complete requests).
 Eventlet is not used (deprecated upstream, removed in gunicorn 26).
 """
 import glob
@@ -26,7 +28,7 @@ def _cpus() -> int:
 
 
 bind = os.environ.get("BIND", "0.0.0.0:8080")
-worker_class = "gthread"
+worker_class = "edgeoffload.units.buffered_worker.BufferingWorker"
 workers = int(os.environ.get("WORKERS", min(_cpus(), 4)))
 threads = int(os.environ.get("THREADS", "4"))
 timeout = int(os.environ.get("TIMEOUT", "60"))

@@ -7,8 +7,23 @@ Routes (KServe-v2-style health):
   GET  /v2/health/live   200 while the process is usable (503 if the model failed to load)
   GET  /v2/health/ready  200 once the model is loaded and has run once (warm-up), else 503
   GET  /metrics          Prometheus text format
-Errors are always JSON {"error": "..."}: 400 bad image, 413 too large, 415 not image/*,
-503 overloaded or not ready, 404/405 unknown route/method.
+The Open Inference Protocol (KServe v2, REST) beside /infer, for Triton/KServe/OVMS clients
+(wire format and the model's tensors in edgeoffload.openinference):
+  GET  /v2               server metadata (extensions: binary_tensor_data)
+  GET  /v2/models/{name}[/versions/1]          model metadata: input `image` (BYTES [1]), outputs
+                                               `boxes` (FP32 [-1, 4]), `scores` (FP32 [-1]), `labels` (BYTES [-1])
+  GET  /v2/models/{name}[/versions/1]/ready    200 once ready, else 503
+  POST /v2/models/{name}[/versions/1]/infer    JSON, or binary tensor data (Inference-Header-Content-Length);
+                                               the answer's parameters carry inference_ms, queue_ms, cpu_ms, replica
+{name} is INFER_MODEL_NAME (default: the detector kind, e.g. haar-face); another name is 404.
+Errors are always JSON {"error": "..."}: 400 bad image or request, 413 too large, 415 wrong
+Content-Type, 503 overloaded (admission bound or decode budget) or not ready, 404/405 unknown
+route/model/method.
+
+Memory is bounded by design: a frame is decoded no larger than the model needs (JPEGs at
+1/2..1/8 scale while decoding; detectors that run on the frame as is see it fitted within
+INFER_MAX_SIDE), boxes are mapped back to the frame as sent, and frames are admitted by the
+bytes their decode holds (INFER_DECODE_BUDGET_MB per worker), not only by count.
 
 Each gunicorn worker loads its model in a background thread (so liveness answers at once)
 and builds one detector instance per serving thread. Admission is bounded per worker
@@ -25,19 +40,26 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, fields
+from importlib import metadata
 from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from flask import Flask, Response, jsonify, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException
 
-from edgeoffload import metrics
+from edgeoffload import metrics, openinference
 from edgeoffload.config import ConfigError, load_config
 from edgeoffload.detect import DetectorConfig, DetectorConfigError, DetectorPool, detector_factory
-from edgeoffload.frames import DEFAULT_MAX_PIXELS, FrameError, decode, is_image_type
+from edgeoffload.detect.decode import clip_box
+from edgeoffload.frames import (DEFAULT_MAX_PIXELS, DecodeBudget, DecodeBudgetFull, FrameError, checked_size, decode,
+                                decoded_bytes, fit_within, is_image_type, min_decode_budget_mb, unscale)
+from edgeoffload.records import Detection
+from edgeoffload.units.body import read_body
 
 ENV_PREFIX = "INFER_"
 SITES = ("edge", "cloud")
+V2_CONTENT_TYPES = (openinference.JSON_TYPE, openinference.BINARY_TYPE, "")  # "" = none (some clients send none)
 log = logging.getLogger("edgeoffload.inference")
 
 
@@ -66,10 +88,13 @@ class InferenceConfig:
     performance_hint: str = ""              # OpenVINO: LATENCY | THROUGHPUT | ""
     max_body_bytes: int = 8 * 1024 * 1024
     max_pixels: int = DEFAULT_MAX_PIXELS    # decoded width x height limit (decompression bombs)
+    max_side: int = 1280                    # haar-face/hog-people run on the frame fitted within this
+    decode_budget_mb: int = 256             # decoded frame bytes held at once per worker (503 beyond)
     queue_bound: int = 4                    # requests admitted at once per worker process, more get 503
     instances: int = 0                      # detector instances per worker; 0 = min(queue_bound, $THREADS)
     warmup: bool = True                     # run once on a synthetic frame before reporting ready
     replica_name: str = ""                  # named in every answer; default $HOSTNAME (the pod name)
+    model_name: str = ""                    # the model's name on the /v2 routes; default: `kind`
     # Capacity experiments on small machines ONLY: every inference lasts at least this long, the
     # rest spent sleeping while holding its detector instance. Replicas that wait instead of
     # compute are not CPU-bound, so on 2 cores they scale as replicas on machines of their own.
@@ -79,11 +104,21 @@ class InferenceConfig:
         if self.site not in SITES:
             raise ConfigError(f"{ENV_PREFIX}SITE: expected one of {', '.join(SITES)}, got {self.site!r}")
         for name, low in (("max_body_bytes", 1), ("max_pixels", 1), ("queue_bound", 1), ("instances", 0),
-                          ("sleep_pad_ms", 0)):
+                          ("sleep_pad_ms", 0), ("max_side", 32), ("decode_budget_mb", 1)):
             if getattr(self, name) < low:
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()}: must be >= {low}, got {getattr(self, name)}")
+        if self.decode_budget_mb < (needed := min_decode_budget_mb(self.max_pixels)):
+            raise ConfigError(f"{ENV_PREFIX}DECODE_BUDGET_MB: must be >= {needed} to hold one frame of "
+                              f"{ENV_PREFIX}MAX_PIXELS={self.max_pixels}, got {self.decode_budget_mb}")
         if len(self.replica_name) > 253:
             raise ConfigError(f"{ENV_PREFIX}REPLICA_NAME: at most 253 characters")
+        if self.model_name and not openinference.NAME_PATTERN.fullmatch(self.model_name):
+            raise ConfigError(f"{ENV_PREFIX}MODEL_NAME: 1-128 letters, digits, _ . - (a URL path segment), "
+                              f"got {self.model_name!r}")
+
+    @property
+    def v2_model_name(self) -> str:
+        return self.model_name or self.kind
 
     def detector_config(self) -> DetectorConfig:
         """The detector part, with errors renamed to the env var that holds the bad value."""
@@ -93,10 +128,31 @@ class InferenceConfig:
         except DetectorConfigError as exc:
             raise ConfigError(f"{ENV_PREFIX}{exc.field.upper()}: {exc.detail}") from None
 
+    def working_size(self, model_input: tuple[int, int] | None) -> tuple[int, int]:
+        """The largest frame detection uses: the model's input, or max_side for the built-ins."""
+        return model_input or (self.max_side, self.max_side)
+
     def pool_size(self, threads: int | None = None) -> int:
         """Instances beyond queue_bound or the gunicorn thread count ($THREADS) would never be used."""
         threads = max(1, threads if threads is not None else int(os.environ.get("THREADS", "1")))
         return self.instances or min(self.queue_bound, threads)
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """One answered request, whatever the protocol."""
+
+    model: str
+    detections: Sequence[Detection]
+    inference_ms: float
+    queue_ms: float
+    cpu_ms: float
+    replica: str
+
+    def timings(self) -> dict[str, Any]:
+        """The fields both protocols report (native: in the body; v2: as response parameters)."""
+        return {"inference_ms": self.inference_ms, "queue_ms": self.queue_ms, "cpu_ms": self.cpu_ms,
+                "replica": self.replica}
 
 
 class ModelHolder:
@@ -132,14 +188,13 @@ def warmup_frame(width: int = 640, height: int = 480) -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
-def read_body(limit: int) -> bytes:
-    """The request body, at most `limit` bytes; 413 for more, also when it arrives chunked."""
-    if request.content_length is not None:
-        return request.get_data(cache=False)  # Flask's MAX_CONTENT_LENGTH has checked the length
-    data = request.environ["wsgi.input"].read(limit + 1)  # chunked: no length to check up front
-    if len(data) > limit:
-        raise RequestEntityTooLarge(f"body exceeds {limit} bytes")
-    return data
+def in_frame(detections: list[Detection], shape: tuple[int, ...], size: tuple[int, int]) -> list[Detection]:
+    """Detections on a reduced image (`shape`) mapped back to the frame as sent (width, height)."""
+    height, width = shape[:2]
+    if (width, height) == size:
+        return detections
+    to_original = unscale(width / size[0], height / size[1])
+    return [Detection(d.label, d.score, clip_box(to_original(d.box), *size)) for d in detections]
 
 
 def _validate_files(config: InferenceConfig) -> None:
@@ -158,9 +213,11 @@ def create_app(config: InferenceConfig | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     holder = ModelHolder(config)
     admission = threading.BoundedSemaphore(config.queue_bound)
+    budget = DecodeBudget(config.decode_budget_mb << 20)
     site = config.site
     replica = config.replica_name or os.environ.get("HOSTNAME") or socket.gethostname()
     pad_s = config.sleep_pad_ms / 1000.0
+    model_name = config.v2_model_name
     in_flight = metrics.INFERENCE_IN_FLIGHT.labels(site)
 
     def error(status: int, message: str, reason: str | None = None) -> tuple[Response, int]:
@@ -168,11 +225,9 @@ def create_app(config: InferenceConfig | None = None) -> Flask:
             metrics.INFERENCE_FAILURES.labels(site, reason).inc()
         return jsonify(error=message), status
 
-    @app.post("/infer")
-    def infer():
-        if not is_image_type(request.content_type):
-            return error(415, f"Content-Type must be image/* (JPEG or PNG), got {request.content_type or 'none'!r}",
-                         "unsupported_type")
+    def serve(image_of: Callable[[bytes], bytes],
+              answer: Callable[[Served], Response]) -> Response | tuple[Response, int]:
+        """Admit one request, run the detector on the image `image_of` finds in its body, `answer`."""
         if request.content_length is not None and request.content_length > config.max_body_bytes:
             return error(413, f"body of {request.content_length} bytes exceeds {config.max_body_bytes}", "too_large")
         if not holder.ready.is_set() or holder.pool is None:
@@ -183,24 +238,49 @@ def create_app(config: InferenceConfig | None = None) -> Flask:
         try:
             body = read_body(config.max_body_bytes)  # the upload is network time, not queueing
             admitted, cpu_started = time.perf_counter(), time.thread_time()
-            image = decode(body, config.max_pixels)
-            with holder.pool.borrow() as detector:
-                started = time.perf_counter()
-                detections = detector.detect(image)
-                if pad_s and (rest := pad_s - (time.perf_counter() - started)) > 0:
-                    time.sleep(rest)
-                elapsed = time.perf_counter() - started
+            encoded = image_of(body)
+            size = checked_size(encoded, config.max_pixels)
+            working = config.working_size(holder.pool.input_size)
+            with budget.hold(decoded_bytes(encoded, config.max_pixels, working)):
+                image = decode(encoded, config.max_pixels, working)
+                if holder.pool.input_size is None:
+                    image = fit_within(image, config.max_side)
+                with holder.pool.borrow() as detector:
+                    started = time.perf_counter()
+                    detections = in_frame(detector.detect(image), image.shape, size)
+                    if pad_s and (rest := pad_s - (time.perf_counter() - started)) > 0:
+                        time.sleep(rest)
+                    elapsed = time.perf_counter() - started
             metrics.INFERENCE_SECONDS.labels(site, holder.pool.name).observe(elapsed)
             # queue_ms: time in this unit from the whole body being read to inference starting
             # (decode, waiting for a model instance), so the caller can split its round trip.
-            return jsonify(model=f"{site}/{holder.pool.name}", detections=[d.to_dict() for d in detections],
-                           inference_ms=round(elapsed * 1000.0, 3), queue_ms=round((started - admitted) * 1000.0, 3),
-                           cpu_ms=round((time.thread_time() - cpu_started) * 1000.0, 3), replica=replica)
+            return answer(Served(f"{site}/{holder.pool.name}", detections, inference_ms=round(elapsed * 1000.0, 3),
+                                 queue_ms=round((started - admitted) * 1000.0, 3),
+                                 cpu_ms=round((time.thread_time() - cpu_started) * 1000.0, 3), replica=replica))
         except FrameError as exc:
             return error(400, str(exc), "bad_image")
+        except DecodeBudgetFull as exc:
+            return error(503, f"overloaded: {exc}", "overloaded")
+        except openinference.ProtocolError as exc:
+            return error(400, str(exc), "bad_request")
         finally:
             in_flight.dec()
             admission.release()
+
+    @app.post("/infer")
+    def infer():
+        if not is_image_type(request.content_type):
+            return error(415, f"Content-Type must be image/* (JPEG or PNG), got {request.content_type or 'none'!r}",
+                         "unsupported_type")
+        return serve(lambda body: body, lambda served: jsonify(
+            model=served.model, detections=[d.to_dict() for d in served.detections], **served.timings()))
+
+    def not_ready() -> tuple[Response, int] | None:
+        if holder.error:
+            return jsonify(error=f"model failed to load: {holder.error}"), 503
+        if not holder.ready.is_set() or holder.pool is None:
+            return jsonify(error="model loading"), 503
+        return None
 
     @app.get("/v2/health/live")
     def live():
@@ -210,11 +290,58 @@ def create_app(config: InferenceConfig | None = None) -> Flask:
 
     @app.get("/v2/health/ready")
     def ready():
-        if holder.error:
-            return jsonify(error=f"model failed to load: {holder.error}"), 503
-        if not holder.ready.is_set() or holder.pool is None:
-            return jsonify(error="model loading"), 503
-        return jsonify(ready=True, model=f"{site}/{holder.pool.name}", replica=replica)
+        return not_ready() or jsonify(ready=True, model=f"{site}/{holder.pool.name}", replica=replica)
+
+    # -- Open Inference Protocol (KServe v2): edgeoffload.openinference has the wire format -------
+    def unknown_model(name: str, version: str | None) -> str:
+        """Why the route's model is not this unit's ("" when it is)."""
+        if name != model_name:
+            return f"unknown model {name[:128]!r}: this unit serves {model_name!r}"
+        if version is not None and version != openinference.MODEL_VERSION:
+            return f"unknown version {version[:32]!r} of model {model_name!r} (it has {openinference.MODEL_VERSION!r})"
+        return ""
+
+    @app.get("/v2")
+    def server_metadata():
+        return jsonify(name="edgeoffload", version=metadata.version("edgeoffload"),
+                       extensions=list(openinference.EXTENSIONS))
+
+    @app.get("/v2/models/<name>")
+    @app.get("/v2/models/<name>/versions/<version>")
+    def model_metadata(name: str, version: str | None = None):
+        if missing := unknown_model(name, version):
+            return error(404, missing)
+        return jsonify(openinference.model_metadata(model_name))
+
+    @app.get("/v2/models/<name>/ready")
+    @app.get("/v2/models/<name>/versions/<version>/ready")
+    def model_ready(name: str, version: str | None = None):
+        if missing := unknown_model(name, version):
+            return error(404, missing)
+        return not_ready() or jsonify(name=model_name, ready=True)
+
+    @app.post("/v2/models/<name>/infer")
+    @app.post("/v2/models/<name>/versions/<version>/infer")
+    def v2_infer(name: str, version: str | None = None):
+        if missing := unknown_model(name, version):
+            return error(404, missing, "unknown_model")
+        if request.mimetype not in V2_CONTENT_TYPES:
+            return error(415, f"Content-Type must be {openinference.JSON_TYPE} (or {openinference.BINARY_TYPE} with "
+                              f"{openinference.HEADER_LENGTH}), got {request.content_type!r}", "unsupported_type")
+        header_length = request.headers.get(openinference.HEADER_LENGTH)
+        parsed: list[openinference.Message] = []
+
+        def image_of(body: bytes) -> bytes:
+            parsed.append(openinference.decode(body, header_length, "inputs"))
+            openinference.requested_outputs(parsed[0])  # a bad request fails before the model runs
+            return openinference.image_of_request(parsed[0])
+
+        def answer(served: Served) -> Response:
+            body, headers = openinference.detection_response(model_name, parsed[0], served.detections,
+                                                             served.timings())
+            return Response(body, headers=headers)
+
+        return serve(image_of, answer)
 
     @app.get("/metrics")
     def prometheus_metrics():

@@ -1,7 +1,7 @@
 """EdgeWebServerUnit: a read-only live results page, its JSON API, and experiment result pages.
 
-The unit subscribes (read-only `webserver` MQTT account) to every camera's frame records
-and every unit's status, keeps a bounded history in memory (`live_results`) and pushes
+The unit subscribes (read-only `webserver` MQTT account) to every camera's frame records,
+latest preview frame (edgeoffload.preview) and every unit's status, keeps a bounded history in memory (`live_results`) and pushes
 updates to browsers over Server-Sent Events (`event_stream`).
 
 Run it with ONE gunicorn worker and several threads (WORKERS=1, THREADS=16): each worker
@@ -25,9 +25,10 @@ from typing import Any
 from flask import Flask, Response, abort, jsonify, render_template, request, send_file
 from werkzeug.exceptions import HTTPException
 
-from edgeoffload.broker import RESULTS_TOPIC, STATUS_TOPIC
+from edgeoffload.broker import PREVIEWS_TOPIC, RESULTS_TOPIC, STATUS_TOPIC
 from edgeoffload.config import load_config
 from edgeoffload.messaging import MQTTSettings, Subscriber
+from edgeoffload.preview import LatestPreviews, Preview
 from edgeoffload.records import FrameRecord
 from edgeoffload.units.event_stream import EventHub, StreamTiming, TooManyClients, stream
 from edgeoffload.units.experiment_pages import ExperimentResults, NotFound
@@ -62,7 +63,7 @@ class WebConfig:
     max_cameras: int = 32             # cameras tracked; the longest-silent one is evicted beyond it
     rate_window_s: float = 5.0        # frames/s are averaged over this window
     timeline_s: int = 120             # seconds of per-second history behind the live charts
-    results_dir: str = "experiments/results"
+    results_dir: str = "experiments/results"  # several folders: separated by os.pathsep (':'), first wins
     max_stream_clients: int = 8       # concurrent Server-Sent Event streams (each holds a thread)
     stream_queue_size: int = 512      # events buffered per stream before a slow client is cut off
     stream_snapshot_interval_s: float = 1.0
@@ -113,7 +114,8 @@ class WebState:
         self.config = config
         self.live = LiveResults(config.history, config.max_cameras, config.rate_window_s, config.timeline_s)
         self.hub = EventHub(max_stream_clients, config.stream_queue_size)
-        self.experiments = ExperimentResults(config.results_dir)
+        self.previews = LatestPreviews(config.max_cameras)
+        self.experiments = ExperimentResults([d for d in config.results_dir.split(os.pathsep) if d])
         self.subscriber: Subscriber | None = None
         self._snapshot_lock = threading.Lock()
         self._snapshot: tuple[float, dict[str, Any]] | None = None
@@ -125,13 +127,25 @@ class WebState:
     def on_status(self, topic: str, status: dict[str, Any]) -> None:
         self.live.add_status(topic.rsplit("/", 1)[-1], status)
 
+    def on_preview(self, _topic: str, payload: bytes) -> None:
+        """Keep a camera's newest preview; ValueError (counted as malformed) for a bad one."""
+        preview = Preview.from_json(payload)
+        check_camera_name(preview.camera)
+        self.previews.add(preview)
+
+    def streams(self) -> list[dict[str, Any]]:
+        """Per-camera statistics and latest record, with the latest preview's metadata (or None)."""
+        previews = self.previews.metas()
+        return [{**stream, "preview": previews.get(stream["camera"])} for stream in self.live.streams()]
+
     def on_malformed(self, _topic: str, _payload: bytes, _error: str) -> None:
         self.live.count_malformed()  # the subscriber already logged it
 
     def start_mqtt(self) -> None:
-        self.subscriber = Subscriber(self.config.mqtt_settings(), topics=(f"{RESULTS_TOPIC}/#", f"{STATUS_TOPIC}/#"),
+        self.subscriber = Subscriber(self.config.mqtt_settings(),
+                                     topics=(f"{RESULTS_TOPIC}/#", f"{STATUS_TOPIC}/#", f"{PREVIEWS_TOPIC}/#"),
                                      on_record=self.on_record, on_status=self.on_status,
-                                     on_malformed=self.on_malformed, role="webserver")
+                                     on_malformed=self.on_malformed, role="webserver", on_preview=self.on_preview)
         self.subscriber.start()
 
     def mqtt_state(self) -> dict[str, Any]:
@@ -148,7 +162,7 @@ class WebState:
         with self._snapshot_lock:
             now = time.monotonic()
             if self._snapshot is None or now - self._snapshot[0] >= SNAPSHOT_REUSE_S:
-                self._snapshot = (now, {"summary": self.summary(), "streams": self.live.streams()})
+                self._snapshot = (now, {"summary": self.summary(), "streams": self.streams()})
             return self._snapshot[1]
 
     def summary(self) -> dict[str, Any]:
@@ -246,7 +260,7 @@ def _register_live_routes(app: Flask, state: WebState) -> None:
 
     @app.get("/api/streams")
     def api_streams() -> Any:
-        return jsonify(cameras=state.live.streams())
+        return jsonify(cameras=state.streams())
 
     @app.get("/api/results")
     def api_results() -> Any:
@@ -265,6 +279,21 @@ def _register_live_routes(app: Flask, state: WebState) -> None:
             return _bad_request(f"limit must be an integer between 1 and {state.config.history}")
         records = state.live.recent(camera, int(raw_limit))
         return jsonify(camera=camera, count=len(records), results=records)
+
+    @app.get("/api/preview")
+    def api_preview() -> Any:
+        """The camera's latest preview JPEG; 404 when there is none or, with `frame_id`, when a
+        newer one replaced it (the page then waits for the next snapshot's metadata)."""
+        camera = request.args.get("camera", "")
+        try:
+            check_camera_name(camera)
+        except ValueError as exc:
+            return _bad_request(f"invalid camera: {exc}")
+        preview = state.previews.get(camera)
+        wanted = request.args.get("frame_id")
+        if preview is None or (wanted is not None and wanted != str(preview.frame_id)):
+            abort(404, description="no such preview (previews off, none yet, or replaced by a newer one)")
+        return Response(preview.jpeg, mimetype="image/jpeg")
 
     @app.get("/api/events")
     def api_events() -> Any:
@@ -290,7 +319,7 @@ def _register_experiment_routes(app: Flask, state: WebState) -> None:
     @app.get("/experiments")
     def experiments() -> str:
         return render_template("experiments.html", page="experiments", entries=state.experiments.entries(),
-                               results_dir=state.config.results_dir)
+                               results_dirs=[str(root) for root in state.experiments.roots])
 
     @app.get("/experiments/<name>")
     def experiment(name: str) -> str:

@@ -210,7 +210,13 @@ def hpa_spec(case: Case, controller: Mapping[str, Any]) -> HPASpec:
     return HPASpec.from_manifest(case.manifest("ns", "target"), **controller)
 
 
-BOUNDARY_S = 0.05   # how far the test's clock may be from the controller's, at one sync
+# How far the controller's time stamp of a recommendation may be from the test's time of that
+# sync. Later recommendations are stamped after the metrics were served, within milliseconds;
+# the first reconcile's (recordInitialRecommendation in reconcileAutoscaler) before the
+# controller reads the scale, lists the pods and fetches the metrics through the aggregator,
+# which took over 70 ms on this 2-vCPU machine at a load of 4 (a scale-up window of 3 s let
+# the controller scale 2.93 s after the test saw the first sync).
+BOUNDARY_S = 0.3
 
 
 def replay(case: Case, syncs: Sequence[Sync], controller: Mapping[str, Any]) -> list[Difference]:

@@ -42,6 +42,7 @@ class CaseRun:
     namespace: str
     syncs: list[Sync] = field(default_factory=list)
     last_at: float = -1.0
+    finished: bool = False   # its HPA and Deployment are being deleted: a late sync is not recorded
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -58,6 +59,8 @@ class Recorder:
     def __call__(self, namespace: str, metric: str, selector: str) -> tuple[Mapping[str, int], Any]:
         run = self.runs[namespace]
         with run.lock:
+            if run.finished:     # a reconcile that started before the HPA was deleted: no pods to read
+                return {}, len(run.syncs)
             if not run.syncs or time.monotonic() - run.last_at > NEW_SYNC_AFTER_S:
                 run.syncs.append(self._observe(run, selector))
             run.last_at = time.monotonic()
@@ -143,6 +146,8 @@ def run_batch(recorder: Recorder, api: Any, node: str, batch: list[tuple[int, Ca
     wait_for(lambda: all(len(r.syncs) > SYNCS for r in runs), SYNCS * HPA_SYNC_PERIOD_S * 4 + 60,
              f"{SYNCS + 1} HPA syncs per case", interval=0.5)
     for run in runs:
+        with run.lock:
+            run.finished = True
         autoscaling.delete_namespaced_horizontal_pod_autoscaler("target", run.namespace)
         client.AppsV1Api(api).delete_namespaced_deployment("target", run.namespace, propagation_policy="Background")
 

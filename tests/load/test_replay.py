@@ -13,10 +13,11 @@ import pytest
 from edgeoffload.broker import BrokerProcess
 from edgeoffload.load.replay import ReplayOptions, RecordCollector, format_report, replay
 from edgeoffload.load.sample_video import CyclicFrames, SampleVideoSpec, sample_source
-from edgeoffload.load.trace import Trace, TraceEvent, TraceSpec, generate, read_trace
+from edgeoffload.load.trace import Trace, TraceEvent, TraceSpec, generate, read_trace, write_trace
 from edgeoffload.local import Testbed
 from edgeoffload.messaging import MQTTSettings, Publisher
 from edgeoffload.records import FrameRecord, RecordWriter, read_records
+from edgeoffload.serve import free_port
 
 QUIET = ReplayOptions(progress=False, drain_timeout_s=20.0)
 
@@ -189,10 +190,67 @@ def test_command_line_replays_a_generated_trace(testbed: Testbed, tmp_path: Path
     trace_path, out = tmp_path / "trace.csv", tmp_path / "records.parquet"
     assert run(trace_command, ["gen", "--kind", "poisson", "--cameras", "2", "--rate", "3", "--duration", "2",
                                "--seed", "4", "--camera-prefix", "cli", "-o", str(trace_path)]) == 0
-    monkeypatch.setenv("EDGEOFFLOAD_MQTT_PASSWORD", testbed.broker.users["monitor"])
+    # The command `edgeoffload up` prints, whose password is in a file of the testbed's, not on the line.
+    printed_command = next(line for line in testbed.describe().splitlines() if line.startswith("replay into it:"))
+    password = testbed.broker.users["monitor"]
+    assert password not in printed_command and "--mqtt-password " not in printed_command
+    password_file = testbed.monitor_password_file
+    assert f"--mqtt-password-file {password_file} " in printed_command
+    assert password_file.read_text() == password + "\n" and password_file.stat().st_mode & 0o777 == 0o600
     assert run(replay_command, [str(trace_path), "--target", testbed.preprocessor_url, "--mqtt-port",
-                                str(testbed.broker.port), "--out", str(out), "--no-progress"]) == 0
+                                str(testbed.broker.port), "--mqtt-user", "monitor", "--mqtt-password-file",
+                                str(password_file), "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     count = len(read_trace(trace_path))
     assert f"accounted (1 record each)  {count}/{count}" in printed
     assert len(list(read_records(out))) == count
+
+
+def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str], float]:
+    """`edgeoffload ARGV` in this process: exit status, stderr lines, seconds taken."""
+    from edgeoffload.cli import main
+
+    began = time.monotonic()
+    status = main(argv)
+    return status, capsys.readouterr().err.splitlines(), time.monotonic() - began
+
+
+@pytest.fixture
+def long_trace(tmp_path: Path) -> Path:
+    """30 s of frames: a check that waits for the trace would show in the time taken."""
+    return write_trace(generate(TraceSpec(kind="periodic", cameras=1, rate=1.0, duration_s=30.0)), tmp_path / "t.csv")
+
+
+def test_a_target_that_is_not_a_url_is_one_line(long_trace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, err, _ = _cli(["replay", str(long_trace), "--target", "127.0.0.1:8080"], capsys)
+    assert status == 2 and err == ["edgeoffload replay: error: target '127.0.0.1:8080' is not a URL: "
+                                   "expected e.g. http://127.0.0.1:8080"]
+
+
+def test_a_target_where_nothing_listens_is_found_before_the_trace_starts(
+        broker: BrokerProcess, long_trace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_port()
+    status, err, took = _cli(["replay", str(long_trace), "--target", f"http://127.0.0.1:{port}",
+                              "--mqtt-port", str(broker.port), "--no-progress"], capsys)
+    assert status == 2 and took < 10
+    assert err == [f"edgeoffload replay: error: the target http://127.0.0.1:{port} at 127.0.0.1:{port} is "
+                   "unreachable: Connection refused"]
+
+
+def test_an_unreachable_broker_is_one_line(testbed: Testbed, long_trace: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_port()
+    status, err, took = _cli(["replay", str(long_trace), "--target", testbed.preprocessor_url,
+                              "--mqtt-port", str(port), "--no-progress"], capsys)
+    assert status == 2 and took < 10
+    assert err == [f"edgeoffload replay: error: the MQTT broker at 127.0.0.1:{port} is unreachable: Connection refused"]
+
+
+def test_a_refused_login_is_one_line_at_once(testbed: Testbed, long_trace: Path, capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGEOFFLOAD_MQTT_PASSWORD", "not-the-password")
+    status, err, took = _cli(["replay", str(long_trace), "--target", testbed.preprocessor_url,
+                              "--mqtt-port", str(testbed.broker.port), "--no-progress"], capsys)
+    assert status == 2 and took < 5
+    assert err == [f"edgeoffload replay: error: MQTT 127.0.0.1:{testbed.broker.port} as 'monitor': "
+                   "connection refused: Not authorized"]

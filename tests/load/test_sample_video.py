@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from edgeoffload.frames import decode, image_size
-from edgeoffload.load.sample_video import (CyclicFrames, SampleVideoSpec, folder_source, open_source, sample_images,
-                                           sample_jpegs, video_source, write_video)
+from edgeoffload.load.sample_video import (FACE_SCENES, NAMED_SOURCES, CyclicFrames, SampleVideoSpec, face_images, faces_source,
+                                           folder_source, open_source, sample_images, sample_jpegs, video_source,
+                                           write_video)
 
 SMALL = SampleVideoSpec(frames_per_scene=4)
 
@@ -95,3 +96,43 @@ def test_sample_video_command_writes_a_file(tmp_path: Path) -> None:
     out = tmp_path / "demo.avi"
     assert sample_video.run(parser.parse_args(["-o", str(out), "--frames-per-scene", "2", "--repeat", "2"])) == 0
     assert len(video_source(out).frames) == 2 * 2 * 4
+
+
+def test_the_demo_detector_finds_a_face_in_most_faces_frames_at_the_demo_resolution() -> None:
+    """The demo's frames go through the preprocessor (downscaled to the demo's 320 px, JPEG
+    re-encoded) to the inference unit's default detector, OpenCV's shipped Haar frontal face."""
+    from edgeoffload.demo import DEMO_MAX_SIDE
+    from edgeoffload.detect import load_detector
+    from edgeoffload.frames import decode
+    from edgeoffload.units.inference import InferenceConfig
+    from edgeoffload.units.preprocessor import PreprocessorConfig, FramePreparer
+
+    config = InferenceConfig()
+    assert config.kind == "haar-face"
+    detector = load_detector(config.detector_config())
+    preparer = FramePreparer(DEMO_MAX_SIDE, quality=PreprocessorConfig().jpeg_quality)
+    frames = faces_source().frames
+    found = [bool(detector.detect(decode(preparer.from_bytes(jpeg).payload))) for jpeg in frames]
+    share = sum(found) / len(found)
+    print(f"haar-face finds a face in {sum(found)}/{len(found)} faces frames ({share:.0%})")
+    assert len(found) == 60 and share >= 0.8
+
+
+def test_faces_frames_pan_over_several_backdrops_with_the_face_moving() -> None:
+    images = face_images(SMALL)
+    assert len(images) == 4 * len(FACE_SCENES) and all(image.shape == (480, 640, 3) for image in images)
+    steps = [float(np.mean(cv2.absdiff(a, b))) for a, b in zip(images, images[1:])]
+    assert min(steps) > 1.0  # every frame differs from the one before: the camera pans
+    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+    centres = [tuple(cascade.detectMultiScale(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), 1.1, 5)[0][:2])
+               for image in images[:4]]
+    assert len(set(centres)) == 4  # the face sits still in the scene, so it moves in the frame
+
+
+def test_named_sources_and_the_sample_sequence_is_unchanged() -> None:
+    assert set(NAMED_SOURCES) == {"sample", "faces"}
+    assert open_source("faces").frames == faces_source().frames
+    # `sample` (and the default) are the frames the sim-vs-real experiments were measured on.
+    assert open_source("sample").frames == open_source(None).frames == tuple(sample_jpegs())
+    with pytest.raises(FileNotFoundError, match="'sample', 'faces'"):
+        open_source("face")

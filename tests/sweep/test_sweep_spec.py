@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -159,6 +160,7 @@ def test_unreadable_specs_are_one_line_errors(tmp_path: Path) -> None:
 def test_a_policy_file_that_fails_to_load_is_a_one_line_error(spec_with) -> None:
     path = spec_with(grids=[{"name": "a", "policies": ["broken.py:decide"]}], report=None)
     (path.parent / "broken.py").write_text("import no_such_module_here\n")
-    with pytest.raises(SpecError, match=r"^grids\[0\]\.policies\[0\]: ModuleNotFoundError: No module named "
-                                        r"'no_such_module_here'$"):
+    broken = re.escape(str((path.parent / "broken.py").resolve()))
+    with pytest.raises(SpecError, match=rf"^grids\[0\]\.policies\[0\]: policy file {broken}:1: ModuleNotFoundError: "
+                                        r"No module named 'no_such_module_here'$"):
         load_spec(path)

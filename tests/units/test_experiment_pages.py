@@ -119,3 +119,29 @@ def test_files_resolve_only_inside_the_experiment(tmp_path: Path) -> None:
                                         ("", False), ("a b", False), ("x" * 129, False)])
 def test_plain_names(name: str, plain: bool) -> None:
     assert is_plain_name(name) is plain
+
+
+def test_timestamps_are_shown_as_times(tmp_path: Path) -> None:
+    path = tmp_path / "records.csv"
+    path.write_text("camera,frame_id,captured_at,t_total_ms\ncam0,1,1796283603.633,41.5\n")
+    table = csv_table(path, "records.csv")
+    assert table.rows == [["cam0", "1", "2026-12-03 07:40:03.633 UTC", "41.5"]]
+    assert format_cell(1796283603.633, "generated_at") == "2026-12-03 07:40:03.633 UTC"
+    assert format_cell(12.5, "started_at") == "12.5"           # seconds since a run's start, not a date
+    assert format_cell(1796283603.633, "bytes") == "1,796,283,603.633"  # only *_at columns are instants
+    (scalars,) = json_tables({"generated_at": 1796283603.633, "frames": 12}, "summary.json")
+    assert scalars.rows == [["generated_at", "2026-12-03 07:40:03.633 UTC"], ["frames", "12"]]
+
+
+def test_several_results_folders_are_listed_together_the_first_winning(tmp_path: Path) -> None:
+    own, committed = tmp_path / "own", tmp_path / "committed"
+    for root, name, note in ((own, "demo", "own"), (committed, "demo", "committed"), (committed, "sweep", "c")):
+        (root / name).mkdir(parents=True)
+        (root / name / "summary.json").write_text(json.dumps({"from": note}))
+    results = ExperimentResults([own, tmp_path / "missing", committed])
+    assert sorted(e.name for e in results.entries()) == ["demo", "sweep"]
+    assert results.page("demo").tables[0].rows == [["from", "own"]]
+    assert results.page("sweep").tables[0].rows == [["from", "c"]]
+    assert results.resolve_file("sweep", "summary.json")[0] == (committed / "sweep" / "summary.json").resolve()
+    with pytest.raises(NotFound):
+        results.page("missing")

@@ -1,6 +1,7 @@
 """EdgePreprocessorUnit end to end: real Mosquitto, real inference units (gunicorn, Haar faces)."""
 from __future__ import annotations
 
+import io
 import threading
 import time
 from collections import Counter
@@ -15,13 +16,16 @@ from skimage import data
 
 from edgeoffload.broker import RESULTS_TOPIC, BrokerProcess
 from edgeoffload.config import ConfigError, load_config
+from edgeoffload.endpointslices import EndpointSliceServer, EndpointSliceStore
 from edgeoffload.frames import decode
 from edgeoffload.load.sample_video import SampleVideoSpec, write_video
 from edgeoffload.messaging import MQTTSettings, Subscriber
+from edgeoffload.openinference import DetectionMapping
 from edgeoffload.policy import Observation, SiteState, load_policy
 from edgeoffload.records import FrameRecord
 from edgeoffload.serve import UnitProcess, start_unit
-from edgeoffload.units.preprocessor import FramePreparer, PreprocessorConfig, create_app
+from edgeoffload.units.preprocessor import (CameraSlots, FramePreparer, PreprocessorConfig, TooManyCameras,
+                                            create_app)
 
 REPO = Path(__file__).resolve().parents[2]
 JPEG = "image/jpeg"
@@ -148,6 +152,44 @@ def test_config_from_environment() -> None:
             load_config(PreprocessorConfig, "PRE_", env=bad)
 
 
+def test_each_site_has_its_protocol() -> None:
+    config = load_config(PreprocessorConfig, "PRE_", env={
+        "PRE_CLOUD_PROTOCOL": "v2", "PRE_CLOUD_V2_MODEL": "yolo", "PRE_CLOUD_V2_MAPPING": "box_format=xyxy, version=3",
+        "PRE_CLOUD_V2_BINARY": "no"})
+    edge, cloud = config.site_configs()
+    assert edge.protocol.name == "edgeoffload" and edge.protocol.infer_path == "/infer"
+    assert cloud.protocol.name == "v2" and cloud.protocol.infer_path == "/v2/models/yolo/versions/3/infer"
+    assert cloud.protocol.mapping == DetectionMapping("yolo", version="3", box_format="xyxy", binary=False)
+
+
+@pytest.mark.parametrize("env, error", [
+    ({"PRE_CLOUD_PROTOCOL": "grpc"}, "PRE_CLOUD_PROTOCOL: must be edgeoffload or v2"),
+    ({"PRE_EDGE_PROTOCOL": "v2"}, "PRE_EDGE_V2_MODEL: the model to ask is required"),
+    ({"PRE_EDGE_PROTOCOL": "v2", "PRE_EDGE_V2_MODEL": "../admin"}, "PRE_EDGE_V2_MODEL: model: expected"),
+    ({"PRE_CLOUD_PROTOCOL": "v2", "PRE_CLOUD_V2_MODEL": "m", "PRE_CLOUD_V2_MAPPING": "boxes=detection boxes"},
+     "PRE_CLOUD_V2_MAPPING: boxes: expected"),
+    ({"PRE_CLOUD_PROTOCOL": "v2", "PRE_CLOUD_V2_MODEL": "m", "PRE_CLOUD_V2_MAPPING": "nms=0.5"},
+     "PRE_CLOUD_V2_MAPPING: 'nms=0.5': expected key=value"),
+])
+def test_protocol_errors_name_the_variable(env: dict[str, str], error: str) -> None:
+    with pytest.raises(ConfigError, match=error):
+        load_config(PreprocessorConfig, "PRE_", env=env)
+
+
+def test_a_discovered_service_may_live_in_another_namespace_behind_a_named_port(tmp_path: Path) -> None:
+    store = EndpointSliceStore("edgeoffload")
+    with EndpointSliceServer(store) as api:
+        config = load_config(PreprocessorConfig, "PRE_", env={
+            "PRE_EDGE_URL": "http://edge-inference:8080", "PRE_EDGE_DISCOVERY": "kubernetes",
+            "PRE_CLOUD_DISCOVERY": "kubernetes",
+            "PRE_CLOUD_SERVICE": "models/triton", "PRE_CLOUD_PORT_NAME": "http-triton", "PRE_NAMESPACE": "edgeoffload",
+            "PRE_KUBECONFIG": str(api.write_kubeconfig(tmp_path / "kubeconfig"))})
+        sources = config.replica_sources()
+    edge, cloud = sources["edge"], sources["cloud"]
+    assert (edge.namespace, edge.service, edge.port_name) == ("edgeoffload", "edge-inference", "http")
+    assert (cloud.namespace, cloud.service, cloud.port_name) == ("models", "triton", "http-triton")
+
+
 def test_frame_preparer_resizes_and_maps_boxes_back() -> None:
     image = np.zeros((720, 1280, 3), np.uint8)
     fitted = FramePreparer(max_side=640).from_image(image)
@@ -224,6 +266,22 @@ def test_frames_flow_to_both_sites_and_reach_the_webserver(running, records: Rec
     assert "edgeoffload_preprocessor_latency_seconds_bucket" in text
 
 
+def test_a_site_asked_over_the_open_inference_protocol(running, records: Records, astronaut_jpeg: bytes) -> None:
+    """The cloud unit's /v2 routes instead of /infer: same detections, timings and replica, same records."""
+    unit = running(policy="alternate", cloud_protocol="v2", cloud_v2_model="haar-face")
+    bodies = [FrameRecord.from_dict(unit.post("v2", astronaut_jpeg, wait=True).get_json()) for _ in range(2)]
+    edge, cloud = bodies
+    assert (edge.site, edge.model, cloud.site, cloud.model) == ("edge", "edge/haar-face", "cloud", "haar-face")
+    assert cloud.status == "ok" and cloud.replica == edge.replica != ""         # both units run on this host
+    assert cloud.t_inference_ms > 0 and cloud.t_network_ms > 0                   # the unit's timings split the trip
+    assert [d.label for d in cloud.detections] == [d.label for d in edge.detections] == ["face"]
+    assert np.allclose([d.box for d in cloud.detections], [d.box for d in edge.detections], atol=0.1)
+    assert records.wait_for("v2", 2) == bodies
+    state = unit.client.get("/api/state").get_json()
+    assert (state["edge"]["protocol"], state["cloud"]["protocol"]) == ("edgeoffload", "v2")
+    assert state["cloud"]["answered"] == 1 and state["cloud"]["healthy"] is True
+
+
 def test_async_requests_answer_202_and_are_published(running, records: Records, astronaut_jpeg: bytes) -> None:
     unit = running(policy="min-latency")
     answers = [unit.post("async", astronaut_jpeg, frame_id=str(100 + i)) for i in range(5)]
@@ -243,6 +301,9 @@ def test_requests_that_are_not_frames_are_refused_without_a_record(running, reco
         assert answer.status_code == 400 and "camera" in answer.get_json()["error"]
     assert unit.post("refused", astronaut_jpeg, content_type="text/plain").status_code == 415
     assert unit.post("refused", astronaut_jpeg, frame_id="-1").status_code == 400
+    unicode_digit = unit.post("refused", astronaut_jpeg, frame_id="\u00b2")  # str.isdigit() says yes, int() no
+    assert unicode_digit.status_code == 400
+    assert unicode_digit.get_json()["error"] == "frame_id must be an integer 0..9223372036854775807, got '\u00b2'"
     too_large = unit.post("refused", astronaut_jpeg)
     assert too_large.status_code == 413 and "error" in too_large.get_json()
     assert unit.client.get("/nope").get_json()["error"]
@@ -254,27 +315,74 @@ def test_camera_ids_are_bounded(running, records: Records, astronaut_jpeg: bytes
     unit = running(policy="edge-only", max_cameras=1)
     assert unit.post("only-cam", astronaut_jpeg).status_code == 202
     refused = unit.post("second-cam", astronaut_jpeg)
-    assert refused.status_code == 429 and "cameras" in refused.get_json()["error"]
+    assert refused.status_code == 429 and "camera slots" in refused.get_json()["error"]
     assert unit.post("only-cam", astronaut_jpeg).status_code == 202
     assert [r.frame_id for r in records.wait_for("only-cam", 2)] == [0, 1]
     assert records.of("second-cam") == []
 
 
+def test_junk_frames_take_no_camera_slot(running, records: Records, astronaut_jpeg: bytes) -> None:
+    """Issue 16: 1,023 rejected junk requests used to fill the 1,024 slots for good."""
+    unit = running(policy="edge-only", max_cameras=3)
+    for index in range(20):
+        junk = unit.post(f"junk-{index}", b"\xff\xd8 not a jpeg")
+        assert junk.status_code == 400 and "record" not in junk.get_json()
+    assert len(unit.service.cameras) == 0
+    for camera in ("a", "b", "c"):
+        assert unit.post(camera, astronaut_jpeg).status_code == 202
+    assert unit.post("d", astronaut_jpeg).status_code == 429
+    time.sleep(0.3)
+    assert all(records.of(f"junk-{index}") == [] for index in range(20))
+
+
+def test_camera_slots_age_out_least_recently_used_first() -> None:
+    now = [0.0]
+    slots = CameraSlots(capacity=2, idle_s=60.0, clock=lambda: now[0])
+    assert [slots.assign("a"), slots.assign("b"), slots.assign("a")] == [0, 0, 1]
+    now[0] = 59.0
+    with pytest.raises(TooManyCameras):
+        slots.assign("c")
+    now[0] = 61.0  # b (last used at 0) is idle long enough, a (used at 0 too, but later) goes after it
+    slots.check_room("c")
+    assert slots.assign("c") == 0 and not slots.has("b") and slots.has("a")
+    assert slots.assign("a") == 2
+    now[0] = 200.0
+    assert slots.assign("b", requested=7) == 7 and not slots.has("c")
+    assert slots.assign("b") == 8 and len(slots) == 2
+
+
+def test_a_chunked_body_over_the_limit_gets_413(running, records: Records, astronaut_jpeg: bytes) -> None:
+    """A chunked body has no Content-Length to check: it used to be cut at the limit and answered 400."""
+    unit = running(policy="edge-only", max_body_bytes=len(astronaut_jpeg) - 1)
+    answer = unit.client.post("/process", query_string={"camera": "chunked"}, content_type=JPEG,
+                              input_stream=io.BytesIO(astronaut_jpeg),
+                              environ_overrides={"wsgi.input_terminated": True})
+    assert answer.status_code == 413 and "exceeds" in answer.get_json()["error"]
+    within = running(policy="edge-only", max_body_bytes=len(astronaut_jpeg))
+    answer = within.client.post("/process", query_string={"camera": "chunked", "wait": "1"}, content_type=JPEG,
+                                input_stream=io.BytesIO(astronaut_jpeg),
+                                environ_overrides={"wsgi.input_terminated": True})
+    assert answer.status_code == 200 and answer.get_json()["status"] == "ok"
+
+
 def test_corrupt_frame_gets_400_and_an_error_record_and_service_continues(running, records: Records,
                                                                           astronaut_jpeg: bytes) -> None:
     unit = running(policy="edge-only")
+    unknown = unit.post("corrupt", b"\xff\xd8\xff\xe0 definitely not a jpeg", wait=True)
+    assert unknown.status_code == 400 and "record" not in unknown.get_json()  # no slot: refused, no record
+    assert unit.post("corrupt", astronaut_jpeg, wait=True).get_json()["frame_id"] == 0
     bad = unit.post("corrupt", b"\xff\xd8\xff\xe0 definitely not a jpeg", wait=True)
     assert bad.status_code == 400
     body = bad.get_json()
-    assert body["frame_id"] == 0 and body["record"]["status"] == "error"
+    assert body["frame_id"] == 1 and body["record"]["status"] == "error"
     truncated = unit.post("corrupt", astronaut_jpeg[: len(astronaut_jpeg) // 3])
     assert truncated.status_code in (200, 202, 400)  # libjpeg may decode a truncated frame partially
     good = unit.post("corrupt", astronaut_jpeg, wait=True)
     assert good.status_code == 200 and good.get_json()["status"] == "ok"
-    published = records.wait_for("corrupt", 3)
-    assert [r.frame_id for r in published] == [0, 1, 2]
-    assert published[0].status == "error" and published[0].site == "none"
-    assert published[0].reason.startswith("bad_frame:")
+    published = records.wait_for("corrupt", 4)
+    assert [r.frame_id for r in published] == [0, 1, 2, 3]
+    assert published[1].status == "error" and published[1].site == "none"
+    assert published[1].reason.startswith("bad_frame:")
     assert "bad_frame" in unit.client.get("/metrics").get_data(as_text=True)
 
 
@@ -454,7 +562,7 @@ def test_stays_ready_while_the_broker_is_away_until_its_record_buffer_is_full(fr
         ready = unit.client.get("/v2/health/ready")
         assert ready.status_code == 200 and ready.get_json()["mqtt_connected"] is False
         accepted = 0
-        while (answer := unit.post("buffered", astronaut_jpeg, wait=True)).status_code == 200:
+        while (answer := unit.post("buffered", astronaut_jpeg)).status_code == 202:
             accepted += 1
             assert accepted <= 6
         assert answer.status_code == 503 and "record buffer full" in answer.get_json()["error"]
@@ -462,7 +570,7 @@ def test_stays_ready_while_the_broker_is_away_until_its_record_buffer_is_full(fr
         assert not_ready.status_code == 503 and "record buffer full" in not_ready.get_json()["error"]
         assert accepted >= 5 and unit.service.publisher.stats().dropped == 0   # nothing accepted was lost
         fresh_broker.start()
-        assert unit.service.publisher.flush(WAIT)
+        assert unit.service.offloader.wait_idle(WAIT) and unit.service.publisher.flush(WAIT)
         assert unit.client.get("/v2/health/ready").status_code == 200
     finally:
         unit.close()
@@ -538,3 +646,43 @@ def test_status_is_retained_online_then_offline(broker: BrokerProcess, sites) ->
         assert watcher.stats().malformed == 0
     assert statuses[0]["state"] == "online" and statuses[0]["policy"] == "deadline"
     assert statuses[-1]["state"] == "offline"
+
+
+def test_previews_of_answered_frames_carry_their_boxes_at_most_fps_per_camera(running, broker: BrokerProcess,
+                                                                           astronaut_jpeg: bytes) -> None:
+    from edgeoffload.broker import PREVIEWS_TOPIC
+    from edgeoffload.preview import Preview
+
+    previews: list[Preview] = []
+    settings = MQTTSettings(host=broker.host, port=broker.port, username="webserver",
+                            password=broker.users["webserver"])
+    topics = (f"{PREVIEWS_TOPIC}/preview-cam", f"{PREVIEWS_TOPIC}/preview-off")  # not other tests' retained ones
+    with Subscriber(settings, topics,
+                    on_preview=lambda _topic, payload: previews.append(Preview.from_json(payload))) as subscriber:
+        assert subscriber.wait_subscribed(WAIT)
+        unit = running(policy="edge-only", preview_fps=1.0)
+        began = time.monotonic()
+        answers = [FrameRecord.from_dict(unit.post("preview-cam", astronaut_jpeg, wait=True).get_json())
+                   for _ in range(6)]
+        took = time.monotonic() - began
+        deadline = time.monotonic() + WAIT
+        while not previews and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        off = running(policy="edge-only", preview=False)
+        off.post("preview-off", astronaut_jpeg, wait=True)
+        time.sleep(0.5)
+    assert previews and {p.camera for p in previews} == {"preview-cam"}  # none from the unit with previews off
+    assert len(previews) <= 1 + took  # at most 1 per second
+    first = previews[0]
+    assert first.frame_id == 0 and (first.width, first.height) == (320, 320)  # the 512x512 astronaut, shrunk
+    (face,) = [d for d in first.detections if d.label == "face"]
+    original = next(d for d in answers[0].detections if d.label == "face")
+    assert face.box == pytest.approx(tuple(v * 320 / 512 for v in original.box), abs=0.2)
+    assert first.site == "edge" and first.replica == answers[0].replica and first.model == "edge/haar-face"
+
+
+def test_preview_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match="PRE_PREVIEW_WIDTH: must be 16..640"):
+        load_config(PreprocessorConfig, "PRE_", env={"PRE_PREVIEW_WIDTH": "4000"})
+    assert load_config(PreprocessorConfig, "PRE_", env={"PRE_PREVIEW": "false", "PRE_PREVIEW_WIDTH": "4000"}).preview is False

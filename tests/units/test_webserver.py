@@ -92,6 +92,42 @@ def test_streams_and_summary_reflect_ingested_records(app: Flask, client: FlaskC
     assert len(summary["timeline"]) == 120 and sum(s["edge"] for s in summary["timeline"]) == 6
 
 
+def preview_payload(camera: str, frame_id: int, **change: Any) -> bytes:
+    """A preview as the preprocessor publishes it: a real 160x120 JPEG and a box on it."""
+    import base64
+
+    import cv2
+    import numpy as np
+
+    ok, jpeg = cv2.imencode(".jpg", np.full((120, 160, 3), (0, 128, 255), np.uint8))
+    assert ok
+    raw = {"camera": camera, "frame_id": frame_id, "site": "cloud", "replica": "cloud-inference-7", "model": "m",
+           "width": 160, "height": 120, "detections": [{"label": "face", "score": 0.9, "box": [10, 20, 30, 40]}],
+           "jpeg": base64.b64encode(jpeg.tobytes()).decode()}
+    return json.dumps({**raw, **change}).encode()
+
+
+def test_previews_are_served_with_the_streams_and_checked(app: Flask, client: FlaskClient) -> None:
+    state = state_of(app)
+    state.on_record("edgeoffload/results/gate", record("gate", 4))
+    assert client.get("/api/streams").get_json()["cameras"][0]["preview"] is None
+    assert client.get("/api/preview?camera=gate").status_code == 404
+    state.on_preview("edgeoffload/previews/gate", preview_payload("gate", 4))
+    (stream,) = client.get("/api/streams").get_json()["cameras"]
+    assert stream["preview"]["frame_id"] == 4 and stream["preview"]["replica"] == "cloud-inference-7"
+    assert stream["preview"]["detections"] == [{"label": "face", "score": 0.9, "box": [10.0, 20.0, 30.0, 40.0]}]
+    assert "jpeg" not in stream["preview"]  # pixels only through their own route
+    image = client.get("/api/preview?camera=gate&frame_id=4")
+    assert image.status_code == 200 and image.mimetype == "image/jpeg" and image.data.startswith(b"\xff\xd8\xff")
+    assert image.headers["X-Content-Type-Options"] == "nosniff" and image.headers["Cache-Control"] == "no-store"
+    assert client.get("/api/preview?camera=gate&frame_id=3").status_code == 404  # replaced by a newer one
+    assert client.get("/api/preview?camera=").status_code == 400
+    for bad in (preview_payload("gate", 5, jpeg="PHN2Zz4="), preview_payload("bad\ncamera", 1), b"[]"):
+        with pytest.raises(ValueError):
+            state.on_preview("edgeoffload/previews/gate", bad)
+    assert client.get("/api/streams").get_json()["cameras"][0]["preview"]["frame_id"] == 4
+
+
 def test_history_and_camera_count_are_bounded(app: Flask, client: FlaskClient) -> None:
     state = state_of(app)
     for frame_id in range(50):
@@ -233,6 +269,17 @@ def test_experiment_list_and_page(client: FlaskClient) -> None:
 def test_empty_results_dir_is_explained(tmp_path: Path) -> None:
     client = create_app(WebConfig(mqtt_enabled=False, results_dir=str(tmp_path / "none"))).test_client()
     assert b"No experiment results yet" in client.get("/experiments").data
+
+
+def test_several_results_folders_are_named_and_listed(results_dir: Path, tmp_path: Path) -> None:
+    own = tmp_path / "own"
+    (own / "demo").mkdir(parents=True)
+    (own / "demo" / "summary.json").write_text('{"records": 12}')
+    client = create_app(WebConfig(mqtt_enabled=False, results_dir=f"{own}:{results_dir}")).test_client()
+    page = client.get("/experiments").get_data(as_text=True)
+    assert f"<code>{own}</code> and <code>{results_dir}</code>" in page
+    assert ">demo</a>" in page and ">policy-sweep</a>" in page
+    assert client.get("/experiments/policy-sweep/files/latency.png").status_code == 200
 
 
 @pytest.mark.parametrize("path", [

@@ -213,3 +213,46 @@ def test_experiment_page_renders_tables_and_plots(webserver: UnitProcess, browse
     assert "min-latency" in page["cells"] and "97.3" in page["cells"]
     assert console_problems(browser) == []
     browser.save_screenshot(str(artifacts_dir / "webserver-experiment.png"))
+
+
+# Pixels of a camera tile's canvas: the preview's orange, the cloud-coloured box and badge.
+READ_TILE_PIXELS = """
+const tile = [...document.querySelectorAll('.tile')].find((t) => t.dataset.camera === arguments[0]);
+if (!tile) return null;
+const canvas = tile.querySelector('canvas');
+const copy = document.createElement('canvas');
+copy.width = canvas.width; copy.height = canvas.height;
+const reader = copy.getContext('2d', {willReadFrequently: true});
+reader.drawImage(canvas, 0, 0);
+const pixels = reader.getImageData(0, 0, copy.width, copy.height).data;
+const near = (i, [r, g, b]) => Math.abs(pixels[i] - r) + Math.abs(pixels[i + 1] - g) + Math.abs(pixels[i + 2] - b) < 40;
+let orange = 0, cloud = 0;
+for (let i = 0; i < pixels.length; i += 4) {
+  if (near(i, [255, 128, 0])) orange += 1;
+  if (near(i, [91, 91, 214])) cloud += 1;
+}
+return {orange, cloud, total: pixels.length / 4, images: document.querySelectorAll('img').length};
+"""
+
+
+def test_camera_tiles_show_the_latest_preview_with_its_boxes(broker: BrokerProcess, webserver: UnitProcess,
+                                                            browser: webdriver.Chrome, artifacts_dir: Path) -> None:
+    from test_webserver import preview_payload  # tests/units is on sys.path (pytest prepend import mode)
+
+    browser.get(webserver.url + "/")
+    wait_for(lambda: browser.execute_script("return document.getElementById('stream-state').textContent"),
+             lambda state: state == "Live")
+    records = publisher(broker, "preprocessor")
+    try:
+        records.publish_record(frame("porch", 1))
+        assert records.flush(10)
+        read = lambda: browser.execute_script(READ_TILE_PIXELS, "porch")  # noqa: E731
+        before = wait_for(read, lambda p: p is not None)
+        assert before["orange"] == 0  # no preview yet: boxes on a neutral frame
+        records.publish_preview("porch", preview_payload("porch", 1))
+        page = wait_for(read, lambda p: p["orange"] > 0.5 * p["total"] and p["cloud"] > 200)
+    finally:
+        records.close()
+    assert page["images"] == 0  # drawn on the canvas, never put into the DOM
+    assert console_problems(browser) == []  # the same-origin image passes the Content-Security-Policy
+    browser.save_screenshot(str(artifacts_dir / "webserver-preview.png"))

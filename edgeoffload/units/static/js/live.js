@@ -93,7 +93,11 @@ function createTile(camera) {
   }
   const foot = el("div", "tile-foot", "");
   root.append(head, canvas, stats, foot);
-  const tile = { camera, root, badge, canvas, values, foot, last: null, extent: [640, 480], dirty: true };
+  const tile = {
+    camera, root, badge, canvas, values, foot, last: null, extent: [640, 480], dirty: true,
+    preview: null, // { meta, image }: the latest preview frame shown
+    previewAsked: "", // key of the preview being (or last) loaded
+  };
   tiles.set(camera, tile);
   placeTile(tile);
   return tile;
@@ -139,20 +143,94 @@ function showStats(tile, stream) {
     tile.dirty = true;
   }
   showRecord(tile, stream.last);
+  if (stream.preview) loadPreview(tile, stream.preview);
 }
 
-// Boxes are drawn on a neutral frame: records carry box coordinates, never image pixels.
-function drawTile(tile) {
-  const canvas = tile.canvas;
+// A preview is a same-origin JPEG (img-src 'self'), drawn onto the tile's canvas with its boxes.
+function loadPreview(tile, meta) {
+  const key = `${meta.frame_id}/${meta.bytes}`;
+  if (tile.previewAsked === key) return;
+  tile.previewAsked = key;
+  const image = new Image();
+  image.addEventListener("load", () => {
+    if (tile.previewAsked !== key) return; // a newer one was asked for meanwhile
+    tile.preview = { meta, image };
+    tile.dirty = true;
+    scheduleDraw();
+  });
+  image.addEventListener("error", () => { // replaced by a newer one on the server: the next snapshot has it
+    if (tile.previewAsked === key) tile.previewAsked = "";
+  });
+  const query = new URLSearchParams({ camera: tile.camera, frame_id: String(meta.frame_id) });
+  image.src = `/api/preview?${query}`;
+}
+
+function drawBoxes(ctx, detections, color, scaleX, scaleY) {
+  for (const detection of detections) {
+    const [x, y, w, h] = detection.box;
+    const bx = x * scaleX;
+    const by = y * scaleY;
+    ctx.strokeStyle = color;
+    ctx.lineWidth = 2;
+    ctx.strokeRect(bx, by, w * scaleX, h * scaleY);
+    // Probabilities as percentages; detectors whose score is not one (Haar's stage weight) as is.
+    const score = detection.score <= 1 ? `${Math.round(detection.score * 100)}%` : detection.score.toFixed(1);
+    const label = `${detection.label} ${score}`;
+    const labelW = ctx.measureText(label).width + 10;
+    const labelY = by >= 18 ? by - 18 : by;
+    ctx.fillStyle = color;
+    ctx.fillRect(bx - 1, labelY, labelW, 18);
+    ctx.fillStyle = "#ffffff";
+    ctx.textAlign = "left";
+    ctx.fillText(label, bx + 4, labelY + 9);
+  }
+}
+
+function sizeCanvas(canvas, aspect) {
   const ratio = window.devicePixelRatio || 1;
   const width = Math.max(1, canvas.clientWidth);
-  const [frameW, frameH] = tile.extent;
-  const aspect = Math.min(1, Math.max(9 / 21, frameH / frameW));
   const height = Math.round(width * aspect);
   canvas.width = Math.round(width * ratio);
   canvas.height = Math.round(height * ratio);
   const ctx = canvas.getContext("2d");
   ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+  ctx.font = "12px system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif";
+  ctx.textBaseline = "middle";
+  return { ctx, width, height };
+}
+
+// The latest preview: the frame as the camera saw it (shrunk), its boxes, site and replica.
+function drawPreview(tile) {
+  const { meta, image } = tile.preview;
+  const { ctx, width, height } = sizeCanvas(tile.canvas, meta.height / meta.width);
+  ctx.drawImage(image, 0, 0, width, height);
+  drawBoxes(ctx, meta.detections, COLORS[meta.site] || COLORS.error, width / meta.width, height / meta.height);
+  const badge = [meta.site, meta.replica].filter(Boolean).join(" · ");
+  if (badge) {
+    const badgeW = ctx.measureText(badge).width + 12;
+    ctx.fillStyle = COLORS[meta.site] || COLORS.error;
+    ctx.fillRect(6, height - 26, badgeW, 20);
+    ctx.fillStyle = "#ffffff";
+    ctx.textAlign = "left";
+    ctx.fillText(badge, 12, height - 16);
+  }
+  ctx.textAlign = "right";
+  ctx.fillStyle = "rgba(255,255,255,0.85)";
+  ctx.fillText(`frame #${meta.frame_id} · ${meta.detections.length ? "" : "no detections · "}${meta.width}×${meta.height}`,
+    width - 8, height - 16);
+}
+
+// Without previews (turned off, or none yet) boxes are drawn on a neutral frame: records carry
+// box coordinates, never image pixels.
+function drawTile(tile) {
+  if (tile.preview) {
+    drawPreview(tile);
+    return;
+  }
+  const canvas = tile.canvas;
+  const [frameW, frameH] = tile.extent;
+  const aspect = Math.min(1, Math.max(9 / 21, frameH / frameW));
+  const { ctx, width, height } = sizeCanvas(canvas, aspect);
   ctx.fillStyle = "#1b2230";
   ctx.fillRect(0, 0, width, height);
   ctx.strokeStyle = "rgba(255,255,255,0.05)";
@@ -166,28 +244,8 @@ function drawTile(tile) {
     ctx.stroke();
   }
   const record = tile.last;
-  ctx.font = "12px system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif";
-  ctx.textBaseline = "middle";
   if (!record) return;
-  const scaleX = width / frameW;
-  const scaleY = height / frameH;
-  const color = COLORS[record.site] || COLORS.error;
-  for (const detection of record.detections) {
-    const [x, y, w, h] = detection.box;
-    const bx = x * scaleX;
-    const by = y * scaleY;
-    ctx.strokeStyle = color;
-    ctx.lineWidth = 2;
-    ctx.strokeRect(bx, by, w * scaleX, h * scaleY);
-    const label = `${detection.label} ${Math.round(detection.score * 100)}%`;
-    const labelW = ctx.measureText(label).width + 10;
-    const labelY = by >= 18 ? by - 18 : by;
-    ctx.fillStyle = color;
-    ctx.fillRect(bx - 1, labelY, labelW, 18);
-    ctx.fillStyle = "#ffffff";
-    ctx.textAlign = "left";
-    ctx.fillText(label, bx + 4, labelY + 9);
-  }
+  drawBoxes(ctx, record.detections, COLORS[record.site] || COLORS.error, width / frameW, height / frameH);
   ctx.textAlign = "center";
   ctx.fillStyle = "rgba(255,255,255,0.45)";
   if (record.status === "dropped") {
