@@ -7,7 +7,10 @@ A run, simulated (`Summary`) or replayed on the testbed (FrameRecords), becomes 
 - `drop_rate` = dropped / frames; `deadline_miss_rate` = missed / frames with a deadline;
 - latency percentiles over answered (`ok`) frames' `t_total_ms`;
 - `uplink_bytes` = bytes sent to the cloud; `pod_seconds` = replica-seconds of both pools
-  (simulator only: the testbed's replica timeline is sampled instead).
+  (simulator only: the testbed's replica timeline is sampled instead);
+- `escalation_share` = frames a cascade policy escalated to the cloud after the edge answered /
+  frames; `agreement` = answered frames whose answer agrees with the cloud model's answer on the
+  same frame (edgeoffload.agreement) / answered frames, when the answers are known.
 
 Tables are written as CSV and markdown (the experiment pages of the web server render
 CSV); plots are PNGs drawn with matplotlib, imported only when a plot is asked for (it is
@@ -48,6 +51,9 @@ class RunMetrics:
     deadline_miss_rate: float | None
     drop_rate: float | None
     pod_seconds: float | None = None
+    escalated_frames: int = 0
+    escalation_share: float | None = None
+    agreement: float | None = None
 
     @property
     def edge_share(self) -> float | None:
@@ -71,7 +77,8 @@ def from_summary(summary: Summary, label: str | None = None) -> RunMetrics:
                       cloud_share=summary.cloud_share, uplink_bytes=summary.egress_bytes, mean_ms=summary.mean_ms,
                       p50_ms=summary.p50_ms, p95_ms=summary.p95_ms, p99_ms=summary.p99_ms,
                       deadline_frames=summary.deadline_frames, deadline_miss_rate=summary.deadline_miss_rate,
-                      drop_rate=summary.drop_rate, pod_seconds=replica_seconds)
+                      drop_rate=summary.drop_rate, pod_seconds=replica_seconds, escalated_frames=summary.escalated,
+                      escalation_share=summary.escalation_share, agreement=summary.agreement)
 
 
 def relative_times(records: Sequence[FrameRecord]) -> list[float]:
@@ -88,9 +95,13 @@ def after_warmup(records: Iterable[FrameRecord], warmup_s: float) -> list[FrameR
     return [r for r, t in zip(records, relative_times(records)) if t >= warmup_s]
 
 
-def from_records(records: Iterable[FrameRecord], label: str, pod_seconds: float | None = None) -> RunMetrics:
-    """Metrics of a set of FrameRecords (testbed or simulator), same definitions as from_summary."""
+def from_records(records: Iterable[FrameRecord], label: str, pod_seconds: float | None = None,
+                 agreement: float | None = None) -> RunMetrics:
+    """Metrics of a set of FrameRecords (testbed or simulator), same definitions as from_summary;
+    records do not say whether an answer agrees with the cloud's, so `agreement` is given
+    (edgeoffload.agreement.agreement_share)."""
     records = list(records)
+    escalated = sum(1 for r in records if r.escalated)
     at_site = [r for r in records if r.site != "none"]
     cloud = [r for r in at_site if r.site == "cloud"]
     ok_latency = [r.t_total_ms for r in records if r.status == "ok"]
@@ -106,7 +117,8 @@ def from_records(records: Iterable[FrameRecord], label: str, pod_seconds: float 
         p50_ms=quantiles.get(50), p95_ms=quantiles.get(95), p99_ms=quantiles.get(99),
         deadline_frames=len(with_deadline),
         deadline_miss_rate=_ratio(sum(1 for r in with_deadline if not r.deadline_met), len(with_deadline)),
-        drop_rate=_ratio(dropped, len(records)), pod_seconds=pod_seconds)
+        drop_rate=_ratio(dropped, len(records)), pod_seconds=pod_seconds, escalated_frames=escalated,
+        escalation_share=_ratio(escalated, len(records)), agreement=agreement)
 
 
 def from_runs(runs: Sequence[Sequence[FrameRecord]], label: str, pod_seconds: float | None = None) -> RunMetrics:
@@ -117,7 +129,8 @@ def from_runs(runs: Sequence[Sequence[FrameRecord]], label: str, pod_seconds: fl
     pooled = from_records([record for run in runs for record in run], label, pod_seconds)
     def mean(name: str) -> int:
         return round(sum(getattr(from_records(run, label), name) for run in runs) / len(runs))
-    counts = ("frames", "ok", "dropped", "errors", "edge_frames", "cloud_frames", "uplink_bytes", "deadline_frames")
+    counts = ("frames", "ok", "dropped", "errors", "edge_frames", "cloud_frames", "uplink_bytes", "deadline_frames",
+              "escalated_frames")
     return dataclasses.replace(pooled, **{name: mean(name) for name in counts})
 
 
@@ -160,6 +173,8 @@ POLICY_COLUMNS: tuple[Column, ...] = (
     Column("uplink_bytes", "uplink MB", "mb"), Column("p50_ms", "p50 ms", "ms"), Column("p95_ms", "p95 ms", "ms"),
     Column("p99_ms", "p99 ms", "ms"), Column("deadline_miss_rate", "deadline miss %", "pct"),
     Column("drop_rate", "drop %", "pct"), Column("pod_seconds", "pod-s", "float"))
+CASCADE_COLUMNS: tuple[Column, ...] = (Column("escalation_share", "escalated %", "pct"),
+                                       Column("agreement", "agrees with cloud %", "pct"))
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -> str:
@@ -241,14 +256,20 @@ def relative_error(real: float | None, simulated: float | None) -> float | None:
 def compare(real: RunMetrics, simulated: RunMetrics, latency_tolerance: float = 0.15,
             share_tolerance_pts: float = 5.0) -> list[Deviation]:
     """Simulation against the testbed: p50/p95 latency within a relative tolerance, cloud share
-    (and drop rate) within an absolute number of percentage points."""
+    (and drop rate) within an absolute number of percentage points; with a cascade policy
+    (escalations on either side) also the escalation share and, where known, the agreement."""
     deviations = []
     for metric in ("p50_ms", "p95_ms"):
         error = relative_error(getattr(real, metric), getattr(simulated, metric))
         deviations.append(Deviation(metric, getattr(real, metric), getattr(simulated, metric),
                                     None if error is None else 100 * error, "%", 100 * latency_tolerance,
                                     error is not None and abs(error) <= latency_tolerance))
-    for metric in ("cloud_share", "drop_rate"):
+    shares = ["cloud_share", "drop_rate"]
+    if real.escalated_frames or simulated.escalated_frames:
+        shares.append("escalation_share")
+    if real.agreement is not None and simulated.agreement is not None:
+        shares.append("agreement")
+    for metric in shares:
         r, s = getattr(real, metric), getattr(simulated, metric)
         points = None if r is None or s is None else 100 * (s - r)
         deviations.append(Deviation(metric, r, s, points, "pts", share_tolerance_pts,
@@ -524,7 +545,7 @@ def _save(fig: Any, plt: Any, path: str | Path) -> Path:
 
 
 __all__ = ["Column", "Deviation", "ScaleEvent", "SyncComparison", "SyncPoint", "compare_syncs", "in_phase",
-           "scale_events", "METRIC_KEYS", "POLICY_COLUMNS", "ReplicaPoint", "RunMetrics", "after_warmup",
+           "scale_events", "CASCADE_COLUMNS", "METRIC_KEYS", "POLICY_COLUMNS", "ReplicaPoint", "RunMetrics", "after_warmup",
            "compare", "from_records", "from_runs", "from_summary", "markdown_table", "pareto_front", "plot_grouped_bars",
            "plot_latency_cdf", "plot_decisions", "decisions_per_bin", "plot_pareto", "pod_seconds", "simulate_policies", "plot_timelines", "relative_error", "relative_times", "step_at",
            "timeline_from_summary", "write_csv", "write_table"]

@@ -71,6 +71,9 @@ PREPROCESSOR_DROPS = Counter(
 PREPROCESSOR_FAILOVERS = Counter(
     "preprocessor_failovers", "Frames answered by the other site after the chosen one failed.",
     ["from_site", "to_site"], namespace=NAMESPACE)
+PREPROCESSOR_ESCALATIONS = Counter(
+    "preprocessor_escalations", "Edge answers a cascade policy escalated to the cloud, by outcome "
+    "(answered: the cloud's answer is final; failed: the edge's answer stands).", ["outcome"], namespace=NAMESPACE)
 PREPROCESSOR_LATENCY = Histogram(
     "preprocessor_latency_seconds", "End-to-end latency per answered frame (arrival to answer).",
     ["site"], namespace=NAMESPACE, buckets=PREPROCESSOR_LATENCY_BUCKETS)

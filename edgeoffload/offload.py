@@ -7,6 +7,16 @@ edgeoffload.discovery) over a keep-alive connection to that replica, try another
 the site once if that one refuses or is gone, fail over to the other site once if the site
 errors or times out, and emit exactly one FrameRecord.
 
+Cascade policies (`Policy.escalate_to_cloud`) decide a second time on a frame the edge has
+answered (its first edge answer, not a failover one): an escalated frame goes on to the cloud
+through the cloud's queue, balancer and same-site retry like any cloud frame, but never fails
+over back to the edge, since it already has the edge's answer. Its one record is the cloud's
+answer (`escalated`, the edge answer's summary and `t_edge_ms` say what came first); if the
+cloud stage fails in any way (queue eviction, no replica, error, timeout, shutdown) the record
+is the edge's answer instead, status ok, reason `escalation_failed: <what the cloud did>`.
+An escalated frame's `bytes_sent` counts what was sent to the cloud (its egress, as the
+simulator counts it), not the edge's copy on the local network.
+
 A site's concurrency is its ready replicas x `per_replica` (the inference unit's admission
 bound), so it follows the HPA; the policy sees the ready count as `SiteState.replicas`.
 
@@ -15,7 +25,8 @@ frame's arrival to its answer; t_inference_ms is what the inference unit reports
 t_network_ms is the answering request's round trip minus the unit's own time (its reported
 queue_ms + inference_ms), i.e. transfer + propagation; t_queue_ms is the rest (preprocessing,
 waiting in the site queue and inside the unit, a failed first attempt) — the same split the
-simulator reports.
+simulator reports. For an escalated frame the answering request is the cloud's, so its
+t_queue_ms includes the edge stage (`t_edge_ms`, arrival to the edge's answer).
 """
 from __future__ import annotations
 
@@ -38,7 +49,7 @@ from edgeoffload.balance import DEFAULT_RECYCLE_S, Balancer, Lease
 from edgeoffload.discovery import Replica, ReplicaSource, StaticReplicas
 from edgeoffload.estimate import DEFAULT_ALPHA, DEFAULT_PROBE_INTERVAL_S, SiteEstimator
 from edgeoffload.openinference import HEADER_LENGTH, DetectionMapping
-from edgeoffload.policy import Observation, Policy, SiteState
+from edgeoffload.policy import EdgeResult, Observation, Policy, SiteState, escalation_hook
 from edgeoffload.records import Detection, FrameRecord
 
 log = logging.getLogger(__name__)
@@ -280,6 +291,16 @@ def _error_detail(data: bytes) -> str:
     return data[:200].decode("utf-8", errors="replace")
 
 
+@dataclass(frozen=True, slots=True)
+class EdgeStage:
+    """The edge's answer to a frame the cascade escalated: kept in case the cloud fails."""
+
+    answer: InferenceAnswer
+    network_s: float
+    replica: str
+    done_at: float                     # monotonic instant of the edge's answer
+
+
 @dataclass(eq=False)
 class FrameJob:
     """One accepted frame on its way through the engine; `wait()` returns its record."""
@@ -296,6 +317,7 @@ class FrameJob:
     failover_from: str = ""
     replica_retried: bool = False      # already re-sent to another replica of the same site
     bytes_sent: int = 0
+    edge_stage: EdgeStage | None = None   # set once the cascade escalated it after the edge's answer
     record: FrameRecord | None = None
     receipt: Any = None                # what the record sink returned (the preprocessor: the MQTT message id)
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -413,6 +435,7 @@ class Offloader:
                  on_decision: Callable[[str], None] | None = None,
                  sources: Mapping[str, ReplicaSource] | None = None) -> None:
         self.policy = policy
+        self._escalate = escalation_hook(policy)
         self.configs = {EDGE: edge, CLOUD: cloud}
         self.monitors = {name: SiteMonitor(cfg, ewma_alpha) for name, cfg in self.configs.items()}
         self.queues = {name: SiteQueue(cfg.queue_size) for name, cfg in self.configs.items()}
@@ -582,12 +605,44 @@ class Offloader:
         network = max(0.0, round_trip - answer.inference_s - answer.queue_s)
         monitor.release()
         monitor.record_answer(answer.inference_s, network, len(body))
+        replica = answer.replica or lease.backend.name
         reason = f"failover:{job.failover_from}->{site}" if job.failover_from else ""
-        self._finish(job, "ok", site, reason, answer, network, replica=answer.replica or lease.backend.name)
+        if site == EDGE and not reason and self._escalate is not None:
+            reason = self._second_decision(job, answer, network, replica)
+            if job.edge_stage is not None:
+                return   # on its way to the cloud
+        self._finish(job, "ok", site, reason, answer, network, replica=replica)
+
+    def _second_decision(self, job: FrameJob, answer: InferenceAnswer, network_s: float, replica: str) -> str:
+        """Ask the cascade whether to escalate the edge's answer; if so queue the frame for the
+        cloud (job.edge_stage set). Returns the reason the edge record gets otherwise."""
+        if self._stopping.is_set():
+            return ""
+        result = EdgeResult.of(self._original(job, answer.detections), answer.inference_s, answer.model)
+        try:
+            with self._policy_lock:
+                observation = self.observe(job.camera, job.frame_id, len(job.payload), job.deadline_s)
+                escalate = bool(self._escalate(observation, result))  # type: ignore[misc]
+                if escalate:
+                    self.monitors[CLOUD].reserve()
+        except Exception as exc:  # a broken hook keeps the edge's answer
+            log.exception("policy %s failed to decide an escalation", getattr(self.policy, "name", "?"))
+            return f"escalation_error: {type(exc).__name__}: {exc}"[:300]
+        if escalate:
+            job.edge_stage = EdgeStage(answer, network_s, replica, time.monotonic())
+            job.replica_retried = False   # the cloud stage may try another cloud replica too
+            job.bytes_sent = 0            # its record counts what went to the cloud: the egress
+            self._enqueue(job, CLOUD)
+        return ""
+
+    @staticmethod
+    def _original(job: FrameJob, detections: tuple[Detection, ...]) -> tuple[Detection, ...]:
+        """Detections with boxes in the captured frame's pixels."""
+        return tuple(Detection(d.label, d.score, job.to_original(d.box)) for d in detections)
 
     def _on_failure(self, job: FrameJob, site: str, failure: InferenceFailure) -> None:
         prefix = f"failover:{job.failover_from}->{site}; " if job.failover_from else ""
-        if failure.retryable and not job.failover_from and not self._stopping.is_set():
+        if failure.retryable and not job.failover_from and job.edge_stage is None and not self._stopping.is_set():
             other = OTHER_SITE[site]
             log.info("frame %s/%d: %s failed (%s), failing over to %s", job.camera, job.frame_id, site, failure, other)
             job.failover_from = site
@@ -610,10 +665,16 @@ class Offloader:
     # -- records out -----------------------------------------------------------------------
     def _finish(self, job: FrameJob, status: str, site: str, reason: str,
                 answer: InferenceAnswer | None = None, network_s: float = 0.0, replica: str = "") -> None:
-        """Build the frame's one record, feed it to the policy and the sink (first call wins)."""
+        """Build the frame's one record, feed it to the policy and the sink (first call wins).
+
+        An escalated frame whose cloud stage did not answer keeps the edge's answer."""
         if not job._claim.acquire(blocking=False):
             log.error("frame %s/%d finished twice (%s); second outcome ignored", job.camera, job.frame_id, status)
             return
+        stage = job.edge_stage
+        if stage is not None and status != "ok":
+            status, site, reason = "ok", EDGE, f"escalation_failed: {reason}"[:300]
+            answer, network_s, replica = stage.answer, stage.network_s, stage.replica
         total_ms = (time.monotonic() - job.arrived) * 1000.0
         inference_ms = answer.inference_s * 1000.0 if answer else 0.0
         network_ms = network_s * 1000.0
@@ -622,11 +683,10 @@ class Offloader:
             camera=job.camera, frame_id=job.frame_id, captured_at=job.captured_at, site=site,  # type: ignore[arg-type]
             status=status, reason=reason, policy=getattr(self.policy, "name", ""),  # type: ignore[arg-type]
             model=answer.model if answer else "",
-            detections=tuple(Detection(d.label, d.score, job.to_original(d.box)) for d in answer.detections)
-            if answer else (),
+            detections=self._original(job, answer.detections) if answer else (),
             bytes_sent=job.bytes_sent, t_queue_ms=max(0.0, total_ms - network_ms - inference_ms),
             t_network_ms=network_ms, t_inference_ms=inference_ms, t_total_ms=total_ms, deadline_met=deadline_met,
-            replica=replica)
+            replica=replica, **_escalation_fields(job))
         job.record = record
         try:
             with self._policy_lock:
@@ -667,6 +727,16 @@ class Offloader:
         return {"policy": getattr(self.policy, "name", ""), "open_frames": open_jobs, **sites}
 
 
+def _escalation_fields(job: FrameJob) -> dict[str, Any]:
+    """The record's cascade fields: the edge answer's summary, if the frame was escalated."""
+    stage = job.edge_stage
+    if stage is None:
+        return {}
+    found = stage.answer.detections
+    return {"escalated": True, "edge_score": max((d.score for d in found), default=None),
+            "edge_detections": len(found), "t_edge_ms": (stage.done_at - job.arrived) * 1000.0}
+
+
 def probe_ready(session: requests.Session, base_url: str, path: str = NATIVE.ready_path,
                 timeout_s: float = 1.0) -> tuple[bool, str]:
     """(ready, reason) from a site's KServe-v2 ready endpoint (the server's, or its model's)."""
@@ -677,6 +747,6 @@ def probe_ready(session: requests.Session, base_url: str, path: str = NATIVE.rea
     return (True, "") if response.status_code == 200 else (False, f"ready probe: HTTP {response.status_code}")
 
 
-__all__ = ["EDGE", "CLOUD", "identity_box", "SiteConfig", "SiteMonitor", "InferenceAnswer", "InferenceFailure", "FrameJob",
+__all__ = ["EDGE", "CLOUD", "identity_box", "EdgeStage", "SiteConfig", "SiteMonitor", "InferenceAnswer", "InferenceFailure", "FrameJob",
            "SiteQueue", "Offloader", "SiteProtocol", "NativeProtocol", "V2Protocol", "NATIVE", "post_frame",
            "send_request", "base_path", "probe_ready", "new_session"]

@@ -8,6 +8,11 @@ own generator with it. `load_policy(spec, seed=N)` passes N to such a class (the
 `random` and `bandit`, and user classes whose constructor has a `seed` parameter); the simulator
 derives N from the scenario's seed, the preprocessor takes PRE_SEED. Instances and functions are
 used as they are.
+
+Cascade policies decide twice: before inference (`estimate_to_cloud`, as every policy) and,
+for a frame the edge has answered, whether to escalate it to the cloud's model as well
+(`escalate_to_cloud(obs, edge_result) -> bool`, optional: see `escalation_hook`). A policy
+without the second method keeps every edge answer, exactly as before.
 """
 from __future__ import annotations
 
@@ -19,12 +24,12 @@ import math
 import random
 import sys
 import traceback
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, runtime_checkable
 
-from edgeoffload.records import FrameRecord
+from edgeoffload.records import Detection, FrameRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +57,27 @@ class Observation:
     cloud: SiteState
 
 
+@dataclass(frozen=True, slots=True)
+class EdgeResult:
+    """What the edge's model found for one frame: the input of a cascade's second decision.
+
+    The testbed fills every field; the simulator draws `best_score` and `detections` from the
+    picture's measured edge answers (scenario key `edge.answers`) and has no boxes, so there
+    `boxes` is always empty: a policy that both worlds run must decide on the summary fields.
+    """
+
+    best_score: float | None      # highest detection score (the detector's own scale); None: nothing found
+    detections: int               # number of objects found
+    inference_s: float            # the edge model's time for this frame
+    model: str = ""
+    boxes: tuple[Detection, ...] = ()   # testbed only
+
+    @staticmethod
+    def of(detections: tuple[Detection, ...], inference_s: float, model: str) -> "EdgeResult":
+        best = max((d.score for d in detections), default=None)
+        return EdgeResult(best, len(detections), inference_s, model, detections)
+
+
 @runtime_checkable
 class Policy(Protocol):
     name: str
@@ -63,6 +89,16 @@ class Policy(Protocol):
     def feedback(self, record: FrameRecord) -> None:
         """Called once with the outcome of every frame the policy decided."""
         ...
+
+
+Escalate = Callable[[Observation, EdgeResult], bool]
+
+
+def escalation_hook(policy: Any) -> Escalate | None:
+    """The policy's `escalate_to_cloud(obs, edge_result)`, or None when it has none (then an
+    edge answer is final and the engines skip the second decision entirely)."""
+    hook = getattr(policy, "escalate_to_cloud", None)
+    return hook if callable(hook) else None
 
 
 def predicted_completion_s(site: SiteState, frame_bytes: int) -> float:
@@ -171,6 +207,65 @@ class Deadline(_Stateless):
         return predicted_completion_s(obs.cloud, obs.frame_bytes) < edge
 
 
+class _EdgeFirst(_Stateless):
+    """Base of the built-in cascades: every frame goes to the edge first (the cloud only while the
+    edge is unhealthy); the second decision is theirs."""
+
+    def estimate_to_cloud(self, obs: Observation) -> bool:
+        return not obs.edge.healthy and obs.cloud.healthy
+
+
+class Cascade(_EdgeFirst):
+    """Edge first; escalate a frame to the cloud when the edge found nothing or its best score is
+    below `threshold` (in the edge detector's own score scale: Haar's stage weights, HOG's SVM
+    margin, a DNN's confidence)."""
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        if not math.isfinite(threshold):
+            raise ValueError(f"cascade:threshold must be a finite number, got {threshold}")
+        self.threshold = threshold
+        self.name = f"cascade:{threshold:g}"
+
+    def escalate_to_cloud(self, obs: Observation, edge_result: EdgeResult) -> bool:
+        if not obs.cloud.healthy:
+            return False
+        return edge_result.best_score is None or edge_result.best_score < self.threshold
+
+
+class BudgetCascade(_EdgeFirst):
+    """Edge first; escalate at most a `share` of the edge's answers, the least confident first.
+
+    Online, "least confident first" means: escalate a frame when its confidence is at or below
+    the `share`-quantile of the last `window` edge answers' confidences (this one included), so
+    that over a window the escalated frames are the least confident `share` of them. A frame with
+    nothing found has confidence -inf (escalated first). The budget holds at every answer, also
+    while fewer than `window` have come and when many answers tie (e.g. many empty ones): a frame
+    is escalated only if the escalations among the last `window` answers, this one included,
+    stay within `share` of them."""
+
+    def __init__(self, share: float = 0.2, window: int = 200) -> None:
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"cascade-budget:share needs 0 <= share <= 1, got {share}")
+        if window < 1:
+            raise ValueError(f"cascade-budget window must be >= 1, got {window}")
+        self.share = share
+        self.window = window
+        self.name = f"cascade-budget:{share:g}"
+        self._scores: deque[float] = deque(maxlen=window)
+        self._earlier: deque[bool] = deque(maxlen=window - 1)   # the decisions sharing a window with the next
+
+    def escalate_to_cloud(self, obs: Observation, edge_result: EdgeResult) -> bool:
+        score = -math.inf if edge_result.best_score is None else edge_result.best_score
+        self._scores.append(score)
+        within_budget = sum(self._earlier) + 1 <= self.share * (len(self._earlier) + 1)
+        escalate = False
+        if within_budget and obs.cloud.healthy:
+            ordered = sorted(self._scores)
+            escalate = score <= ordered[max(0, math.floor(self.share * len(ordered)) - 1)]
+        self._earlier.append(escalate)
+        return escalate
+
+
 class EpsilonGreedy:
     """Learning policy: a contextual epsilon-greedy bandit.
 
@@ -226,13 +321,16 @@ class EpsilonGreedy:
 
 
 class FunctionPolicy:
-    """Adapts a plain `estimate_to_cloud(obs) -> bool` function (or an object without feedback)."""
+    """Adapts a plain `estimate_to_cloud(obs) -> bool` function (or an object without feedback);
+    an object's `escalate_to_cloud` is kept (as an attribute, so policies without one have none)."""
 
     def __init__(self, decide: Callable[[Observation], bool], name: str,
-                 learn: Callable[[FrameRecord], None] | None = None) -> None:
+                 learn: Callable[[FrameRecord], None] | None = None, escalate: Escalate | None = None) -> None:
         self._decide = decide
         self._learn = learn
         self.name = name
+        if escalate is not None:
+            self.escalate_to_cloud = escalate
 
     def estimate_to_cloud(self, obs: Observation) -> bool:
         return bool(self._decide(obs))
@@ -261,6 +359,8 @@ BUILTINS: dict[str, Callable[[str | None, int], Any]] = {
     "min-latency": lambda arg, seed: MinLatency(),
     "deadline": lambda arg, seed: Deadline(_float_arg(arg, 0.2, "deadline")),
     "bandit": lambda arg, seed: EpsilonGreedy(_float_arg(arg, 0.1, "bandit"), seed=seed),
+    "cascade": lambda arg, seed: Cascade(_float_arg(arg, 0.5, "cascade")),
+    "cascade-budget": lambda arg, seed: BudgetCascade(_float_arg(arg, 0.2, "cascade-budget")),
 }
 
 
@@ -300,7 +400,7 @@ def as_policy(obj: Any, name: str | None = None, seed: int | None = None) -> Pol
         if callable(getattr(obj, "feedback", None)) and isinstance(getattr(obj, "name", None), str):
             return obj
         return FunctionPolicy(decide, getattr(obj, "name", None) or name or type(obj).__name__,
-                              getattr(obj, "feedback", None))
+                              getattr(obj, "feedback", None), escalation_hook(obj))
     if callable(obj):
         return FunctionPolicy(obj, name or getattr(obj, "__name__", "custom"))
     raise ValueError(f"{obj!r} is not a policy: it needs an estimate_to_cloud(obs) method or must be a function")

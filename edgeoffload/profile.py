@@ -34,6 +34,12 @@ simulator models itself, so it is taken out of the service time:
 `edge.service_ms`/`cloud.service_ms` are then the loaded samples; the idle ones stay as
 `idle_service_ms`.
 
+Answers (unless `--no-answers`): every picture of the source, prepared as above, is sent once to
+each site; the cloud's detections are the reference (`cloud.reference`, boxes in the captured
+frame's pixels), and `edge.answers` holds, per picture, the edge answer's best score, its count
+and whether it agrees with the reference (edgeoffload.agreement): the simulator's `edge.answers`
+scenario key, which cascade policies decide on.
+
 The output follows edgeoffload.sim.PROFILE_SCHEMA (`edge.service_ms`, `cloud.service_ms`,
 `wan.rtt_ms`, `wan.bandwidth_bps`, `frame_bytes`) plus the raw parts (`inference_ms`,
 `overhead_ms`, `preprocess_ms`) so a gap between simulation and testbed can be traced.
@@ -56,9 +62,11 @@ from typing import Any, Sequence
 
 import requests
 
-from edgeoffload.load.sample_video import CyclicFrames, open_source
+from edgeoffload.agreement import agrees
+from edgeoffload.load.sample_video import CyclicFrames, open_source, picture_name
 from edgeoffload.offload import new_session
 from edgeoffload.policy import Observation, SiteState, load_policy
+from edgeoffload.records import Detection
 from edgeoffload.sim.distributions import stream_seed
 
 log = logging.getLogger(__name__)
@@ -127,6 +135,7 @@ class Profile:
     pad_bytes: int
     meta: dict[str, Any] = field(default_factory=dict)
     loaded: "LoadedMeasurement | None" = None
+    answers: "PictureAnswers | None" = None
 
     def idle_edge_service_ms(self) -> list[float]:
         return [s.inference_ms + s.overhead_ms for s in self.edge.plain]
@@ -164,11 +173,16 @@ class Profile:
         meta = {**self.meta, "pad_bytes": self.pad_bytes}
         if self.loaded is not None:
             meta["load"] = self.loaded.describe()
-        return {"version": PROFILE_VERSION,
+        data = {"version": PROFILE_VERSION,
                 "edge": site("edge", self.edge, self.idle_edge_service_ms(), self.edge_service_ms()),
                 "cloud": site("cloud", self.cloud, self.idle_cloud_service_ms(), self.cloud_service_ms()),
                 "wan": wan, "frame_bytes": list(self.frame_bytes),
                 "preprocess_ms": _rounded(self.preprocess_ms), "meta": meta}
+        if self.answers is not None:
+            data["edge"]["answers"] = self.answers.edge_answers()
+            data["cloud"]["reference"] = {name: [d.to_dict() for d in found]
+                                          for name, found in self.answers.cloud.items()}
+        return data
 
     def write(self, path: str | Path) -> Path:
         path = Path(path)
@@ -200,6 +214,10 @@ class Profile:
                      ("loaded cloud model / service (frames)", " / ".join(med(v) for v in (
                          [s.inference_ms for s in loaded.cloud], loaded.cloud_service_ms()))
                       + f" ({len(loaded.cloud)})")]
+        if self.answers is not None:
+            answers = self.answers
+            rows += [("answers: pictures / edge found nothing", f"{len(answers.edge)} / {answers.empty_share():.0%}"),
+                     ("answers: edge agrees with cloud", f"{answers.agreement():.0%}")]
         return rows
 
 
@@ -243,6 +261,60 @@ def prepare_frames(source: CyclicFrames, count: int, max_side: int = 640, qualit
         payloads.append(preparer.from_bytes(raw).payload)
         costs.append((time.perf_counter() - started) * 1000.0)
     return PreparedFrames(tuple(payloads), tuple(costs))
+
+
+@dataclass(frozen=True)
+class PictureAnswers:
+    """Each picture's answer from both sites (boxes in the captured frame's pixels)."""
+
+    edge: dict[str, tuple[Detection, ...]]
+    cloud: dict[str, tuple[Detection, ...]]
+
+    def agrees(self, picture: str) -> bool:
+        return agrees(self.edge[picture], self.cloud[picture])
+
+    def agreement(self) -> float:
+        return sum(map(self.agrees, self.edge)) / len(self.edge) if self.edge else 0.0
+
+    def empty_share(self) -> float:
+        return sum(1 for found in self.edge.values() if not found) / len(self.edge) if self.edge else 0.0
+
+    def edge_answers(self) -> dict[str, list[dict[str, Any]]]:
+        """The scenario key `edge.answers`: per picture, the edge answer's summary."""
+        return {name: [{"score": round(max(d.score for d in found), 4) if found else None,
+                        "detections": len(found), "agrees": self.agrees(name)}]
+                for name, found in self.edge.items()}
+
+
+def answer_of(session: requests.Session, url: str, payload: bytes, timeout_s: float = 30.0) -> tuple[Detection, ...]:
+    """A site's detections for one frame (boxes in the sent frame's pixels)."""
+    try:
+        response = session.post(url.rstrip("/") + "/infer", data=payload, headers={"Content-Type": "image/jpeg"},
+                                timeout=timeout_s)
+        response.raise_for_status()
+        return tuple(Detection.from_dict(d) for d in response.json().get("detections", []))
+    except (requests.RequestException, ValueError, AttributeError) as exc:
+        raise ProfileError(f"{url}/infer: {type(exc).__name__}: {exc}") from None
+
+
+def measure_answers(edge_url: str, cloud_url: str, source: CyclicFrames, max_side: int = 640,
+                    quality: int = 80) -> PictureAnswers:
+    """Every picture of `source`, prepared as the preprocessor sends it, answered once by each site."""
+    from edgeoffload.units.preprocessor import FramePreparer  # Flask app module: import only when profiling
+
+    preparer = FramePreparer(max_side=max_side, quality=quality)
+    answers: dict[str, dict[str, tuple[Detection, ...]]] = {"edge": {}, "cloud": {}}
+    session = new_session()
+    try:
+        for index, raw in enumerate(source.frames):
+            prepared = preparer.from_bytes(raw)
+            for site, url in (("edge", edge_url), ("cloud", cloud_url)):
+                answers[site][picture_name(index)] = tuple(
+                    Detection(d.label, d.score, prepared.to_original(d.box))
+                    for d in answer_of(session, url, prepared.payload))
+    finally:
+        session.close()
+    return PictureAnswers(answers["edge"], answers["cloud"])
 
 
 # --- measurement --------------------------------------------------------------------------
@@ -472,14 +544,17 @@ def measure_loaded(edge: SiteMeasurement, cloud: SiteMeasurement, wan: WanEstima
 
 
 def measure(edge_url: str, cloud_url: str, frames: int = 40, source: str | None = "sample", max_side: int = 640,
-            quality: int = 80, pad_bytes: int = 150_000, load: BackgroundLoad | None = None) -> Profile:
+            quality: int = 80, pad_bytes: int = 150_000, load: BackgroundLoad | None = None,
+            answers: bool = True) -> Profile:
     """Profile both sites and the WAN between them with `frames` frames each (plus warm-up);
-    with `load`, the service times again under that background load (`frames` per site)."""
+    with `load`, the service times again under that background load (`frames` per site); with
+    `answers`, each picture's answer from both sites."""
     if frames < 3:
         raise ValueError(f"--frames must be >= 3 for usable medians, got {frames}")
     if pad_bytes < 1000:
         raise ValueError(f"pad bytes must be >= 1000 to be measurable, got {pad_bytes}")
-    prepared = prepare_frames(open_source(source), frames, max_side, quality)
+    pictures = open_source(source)
+    prepared = prepare_frames(pictures, frames, max_side, quality)
     edge = measure_site(edge_url, prepared.payloads, pad_bytes)
     cloud = measure_site(cloud_url, prepared.payloads, pad_bytes)
     wan = estimate_wan(edge, cloud, pad_bytes)
@@ -489,8 +564,9 @@ def measure(edge_url: str, cloud_url: str, frames: int = 40, source: str | None 
     meta = {"frames": frames, "max_side": max_side, "quality": quality, "source": source or "sample",
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "method": f"{method}; see edgeoffload/profile.py"}
+    found = measure_answers(edge_url, cloud_url, pictures, max_side, quality) if answers else None
     return Profile(edge, cloud, wan, tuple(len(p) for p in prepared.payloads),
-                   prepared.preprocess_ms, pad_bytes, meta, loaded)
+                   prepared.preprocess_ms, pad_bytes, meta, loaded, found)
 
 
 # --- command line -------------------------------------------------------------------------
@@ -513,6 +589,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, default=BackgroundLoad.concurrency,
                         help="background requests in flight per site (default 2, as the preprocessor)")
     parser.add_argument("--load-seed", type=int, default=0, help="seed of the background arrivals")
+    parser.add_argument("--no-answers", action="store_true",
+                        help="skip each picture's answers from both sites (edge.answers, cloud.reference)")
     parser.add_argument("-o", "--output", required=True, help="profile JSON to write")
 
 
@@ -522,12 +600,13 @@ def run(args: argparse.Namespace) -> int:
     load = None if args.load_fps is None else BackgroundLoad(args.load_fps, args.load_policy, args.concurrency,
                                                              args.load_seed)
     profile = measure(args.edge, args.cloud, frames=args.frames, source=args.source, max_side=args.max_side,
-                      quality=args.quality, pad_bytes=int(args.pad_kb * 1000), load=load)
+                      quality=args.quality, pad_bytes=int(args.pad_kb * 1000), load=load,
+                      answers=not args.no_answers)
     path = profile.write(args.output)
     print(text_table(profile.rows(), f"profile written to {path}"))
     return 0
 
 
-__all__ = ["BackgroundLoad", "LoadedMeasurement", "Profile", "ProfileError", "RequestSample", "SiteMeasurement",
-           "WanEstimate", "estimate_wan", "idle_state", "measure", "measure_loaded", "measure_site", "pad_jpeg",
+__all__ = ["BackgroundLoad", "LoadedMeasurement", "PictureAnswers", "Profile", "ProfileError", "RequestSample", "SiteMeasurement",
+           "WanEstimate", "estimate_wan", "idle_state", "measure", "measure_answers", "measure_loaded", "measure_site", "pad_jpeg",
            "prepare_frames", "register", "run", "timed_infer"]

@@ -64,6 +64,13 @@ class FrameRecord:
     t_total_ms: float = 0.0
     deadline_met: bool | None = None
     replica: str = ""             # the replica (pod name, local replica id) that answered; "" if none
+    # Cascade policies (Policy.escalate_to_cloud): set only on frames the edge answered and the
+    # policy then escalated to the cloud. The record's answer is the cloud's; if the escalation
+    # failed it is the edge's (status ok, site edge, reason "escalation_failed: ...").
+    escalated: bool = False
+    edge_score: float | None = None   # the edge answer's best detection score (None: nothing found)
+    edge_detections: int = 0          # how many objects the edge answer had
+    t_edge_ms: float = 0.0            # arrival to the edge's answer (part of t_total_ms)
 
     def to_dict(self) -> dict[str, Any]:
         raw = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -94,9 +101,7 @@ class FrameRecord:
             detections = _parse_json(detections, "detections") if detections else []
         if not isinstance(detections, list):
             raise ValueError("record field 'detections' must be a list")
-        deadline = raw.get("deadline_met")
-        if isinstance(deadline, str):
-            deadline = {"true": True, "false": False, "": None}.get(deadline.lower())
+        deadline = _flag(raw.get("deadline_met"), "deadline_met")
         try:
             return FrameRecord(
                 camera=camera, frame_id=_count(raw["frame_id"], "frame_id"),
@@ -110,7 +115,11 @@ class FrameRecord:
                 t_inference_ms=_finite(raw.get("t_inference_ms", 0.0), "t_inference_ms"),
                 t_total_ms=_finite(raw.get("t_total_ms", 0.0), "t_total_ms"),
                 deadline_met=None if deadline is None else bool(deadline),
-                replica=_short_text(raw.get("replica"), "replica"))
+                replica=_short_text(raw.get("replica"), "replica"),
+                escalated=bool(_flag(raw.get("escalated"), "escalated")),
+                edge_score=_optional_finite(raw.get("edge_score"), "edge_score"),
+                edge_detections=_count(raw.get("edge_detections") or 0, "edge_detections"),
+                t_edge_ms=_finite(raw.get("t_edge_ms") or 0.0, "t_edge_ms"))
         except (TypeError, ValueError, OverflowError) as exc:
             raise ValueError(f"invalid record: {exc}") from exc
 
@@ -148,6 +157,21 @@ def _count(value: Any, name: str) -> int:
     if not 0 <= value <= MAX_INT64:
         raise ValueError(f"field {name!r} must be between 0 and 2**63-1, got {value}")
     return value
+
+
+def _flag(value: Any, name: str) -> bool | None:
+    """An optional boolean from JSON, Parquet or CSV text ("True"/"False"/"", any case)."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text not in ("true", "false", ""):
+            raise ValueError(f"field {name!r} must be true or false, got {value[:40]!r}")
+        return None if not text else text == "true"
+    return None if value is None else bool(value)
+
+
+def _optional_finite(value: Any, name: str) -> float | None:
+    """An optional number: absent, null or "" (CSV) is None."""
+    return None if value is None or value == "" else _finite(value, name)
 
 
 def _short_text(value: Any, name: str, limit: int = 253) -> str:
@@ -345,7 +369,8 @@ def _arrow_schema() -> Any:
         ("policy", pa.string()), ("model", pa.string()), ("detections", pa.string()),
         ("bytes_sent", pa.int64()), ("t_queue_ms", pa.float64()), ("t_network_ms", pa.float64()),
         ("t_inference_ms", pa.float64()), ("t_total_ms", pa.float64()), ("deadline_met", pa.bool_()),
-        ("replica", pa.string()),
+        ("replica", pa.string()), ("escalated", pa.bool_()), ("edge_score", pa.float64()),
+        ("edge_detections", pa.int64()), ("t_edge_ms", pa.float64()),
     ])
 
 

@@ -37,15 +37,16 @@ from typing import Any, Callable
 import requests
 
 from edgeoffload import contention
+from edgeoffload.agreement import Judge, agreement_share, agrees
 from edgeoffload.analysis import (Deviation, ReplicaPoint, RunMetrics, SyncComparison, SyncPoint, after_warmup, compare,
                                   compare_syncs, from_records, from_runs, in_phase, pod_seconds, timeline_from_summary)
-from edgeoffload.load.sample_video import CyclicFrames, open_source
+from edgeoffload.load.sample_video import CyclicFrames, open_source, picture_name
 from edgeoffload.load.trace import Trace, TraceSpec, generate, with_frame_content, with_frame_sizes, write_trace
 from edgeoffload.config import load_config
 from edgeoffload.local import SiteOptions, Testbed, TestbedOptions, hpa_for, starting_replicas
 from edgeoffload.localscale import LocalAutoscaler
 from edgeoffload.profile import BackgroundLoad, Profile, measure
-from edgeoffload.records import FrameRecord, read_records
+from edgeoffload.records import Detection, FrameRecord, read_records
 from edgeoffload.relay import LinkProfile
 from edgeoffload.serve import start_unit
 from edgeoffload.sim import load_scenario, run_scenario
@@ -60,7 +61,7 @@ PREPROCESSOR = load_config(PreprocessorConfig, "PRE_", env=unit_settings("prepro
 PREPROCESSOR_DEADLINE_MS = PREPROCESSOR.deadline_ms or 500.0
 
 MIN_CONTENT_FRAMES = 2   # answers of one picture needed to estimate its relative cost
-TARGET_METRICS = ("p50_ms", "p95_ms", "cloud_share")
+TARGET_METRICS = ("p50_ms", "p95_ms", "cloud_share", "escalation_share")
 
 MODEL_DIFFERENCES: tuple[str, ...] = (
     "the preprocessor's own work (decode, resize, JPEG re-encode; `preprocess_ms` in the profile) "
@@ -185,7 +186,7 @@ def picture_of(setup: ValidationSetup, frames: CyclicFrames) -> Callable[[str, i
 
 def content_of(frames: CyclicFrames, camera: str, frame_index: int) -> str:
     """The picture camera `camera` sends as its `frame_index`-th frame (a trace's `content`)."""
-    return f"frame-{frames.index(camera, frame_index)}"
+    return picture_name(frames.index(camera, frame_index))
 
 
 def sent_sizes(trace: Trace, frames: CyclicFrames, max_side: int, quality: int = 80) -> Trace:
@@ -350,6 +351,9 @@ def simulated_scenario(setup: ValidationSetup, trace_csv: Path, profile_json: Pa
                 "service_ms": {"dist": "profile", "file": str(profile_json.resolve()), "key": f"{site}.service_ms"},
                 **({"content_factor": {"file": str(profile_json.resolve()), "key": "content_factor"}}
                    if profile_data.get("content_factor") else {}),
+                # each picture's measured edge answer (cascade policies decide on it)
+                **({"answers": {"file": str(profile_json.resolve()), "key": "edge.answers"}}
+                   if site == "edge" and profile_data.get("edge", {}).get("answers") else {}),
                 "cold_start_s": {"dist": "constant", "value": round(cold_start_s, 3)},
                 # the CPU a busy detector uses (the HPA's CPU metric, the shared CPU's demand), as profiled
                 "cpu_per_worker": profile_data.get(site, {}).get("cpu_per_worker", 1.0),
@@ -497,6 +501,36 @@ def calibrate(setup: ValidationSetup, testbed: "Testbed", frames: CyclicFrames, 
     return path
 
 
+# --- answer quality ------------------------------------------------------------------------
+
+def agreement_judges(profile_data: dict[str, Any], frames: CyclicFrames) -> tuple[Judge, Judge] | None:
+    """(testbed, simulator) judges of whether a record's answer agrees with the cloud model's on
+    its picture, from a profile's answers (None if it has none). A testbed record carries its
+    detections, compared with the profile's cloud reference; a simulated record has none, so its
+    answer agrees if the cloud gave it, else as the picture's measured edge answer agreed."""
+    reference = profile_data.get("cloud", {}).get("reference")
+    answers = profile_data.get("edge", {}).get("answers")
+    if not reference or not answers:
+        return None
+    expected = {name: tuple(Detection.from_dict(d) for d in found) for name, found in reference.items()}
+    edge_agrees = {name: {sample.get("agrees") for sample in samples} for name, samples in answers.items()}
+
+    def picture(record: FrameRecord) -> str:
+        return content_of(frames, record.camera, record.frame_id)
+
+    def real(record: FrameRecord) -> bool | None:
+        found = expected.get(picture(record))
+        return None if found is None else agrees(record.detections, found)
+
+    def simulated(record: FrameRecord) -> bool | None:
+        if record.site == "cloud":
+            return True
+        verdicts = edge_agrees.get(picture(record), set())
+        return next(iter(verdicts)) if len(verdicts) == 1 else None   # one measured verdict for the picture
+
+    return real, simulated
+
+
 # --- the whole pipeline --------------------------------------------------------------------
 
 def run_validation(setup: ValidationSetup, out_dir: str | Path,
@@ -537,7 +571,7 @@ def run_validation(setup: ValidationSetup, out_dir: str | Path,
                 autoscaler.stop()   # its syncs are the evaluated run's
             progress("profiling again, to see whether the machine changed during the replay")
             profile_after = measure(testbed.relays["edge"].url, testbed.relays["cloud"].url,
-                                    frames=setup.profile_frames, max_side=setup.max_side, load=load)
+                                    frames=setup.profile_frames, max_side=setup.max_side, load=load, answers=False)
             profile_after.write(out / "profile_after.json")
     calibrated = json.loads(profile_json.read_text(encoding="utf-8"))
     all_real = list(read_records(out / "real_records.csv"))
@@ -555,6 +589,10 @@ def run_validation(setup: ValidationSetup, out_dir: str | Path,
     sim_counted = [after_warmup(run, setup.warmup_s) for run in sim_runs]
     simulated = from_runs(sim_counted, f"simulator ({setup.sim_seeds} seeds)", pod_seconds(sim_timeline, end))
     per_seed = [from_records(run, f"simulator seed {seed}") for seed, run in enumerate(sim_counted)]
+    judges = agreement_judges(calibrated, frames)
+    if judges is not None:   # the share of answers agreeing with the cloud model's, same definition both sides
+        real = replace(real, agreement=agreement_share(real_records, judges[0]))
+        simulated = replace(simulated, agreement=agreement_share([r for run in sim_counted for r in run], judges[1]))
     progress("simulating with the service times seen during the replay")
     in_run_json = out / "in_run_profile.json"
     in_run_json.write_text(json.dumps(in_run_profile(real_records, profile, setup.shared_cpu, picture_of(setup, frames)), indent=1) + "\n", encoding="utf-8")
@@ -564,6 +602,8 @@ def run_validation(setup: ValidationSetup, out_dir: str | Path,
                            observer, first_sync).records
     in_run_counted = [after_warmup(run, setup.warmup_s) for run in in_run_runs]
     in_run = from_runs(in_run_counted, "simulator, in-run service times")
+    if judges is not None:
+        in_run = replace(in_run, agreement=agreement_share([r for run in in_run_counted for r in run], judges[1]))
     return ValidationResult(setup, profile, cold_start_s, result, real, simulated, per_seed,
                             compare(real, simulated), real_timeline, sim_timeline,
                             real_records, sim_counted, summaries, in_run, compare(real, in_run),

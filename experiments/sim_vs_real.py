@@ -19,14 +19,14 @@ import sys
 import time
 from pathlib import Path
 
-from edgeoffload.analysis import (Column, Deviation, POLICY_COLUMNS, from_runs, markdown_table, plot_latency_cdf,
+from edgeoffload.analysis import (CASCADE_COLUMNS, Column, Deviation, POLICY_COLUMNS, from_runs, markdown_table, plot_latency_cdf,
                                   plot_timelines, step_at, write_table)
 from edgeoffload.load.trace import TraceSpec
 from edgeoffload.validation import (MODEL_DIFFERENCES, ValidationResult, ValidationSetup, breakdown, run_validation,
                                     with_offset)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sim_vs_real"
-RUN_COLUMNS = (Column("label", "run"), *POLICY_COLUMNS[1:])
+RUN_COLUMNS = (Column("label", "run"), *POLICY_COLUMNS[1:], *CASCADE_COLUMNS)
 DEVIATION_COLUMNS = (Column("metric", "metric"), Column("real", "testbed (ms or %)", "float"),
                      Column("simulated", "simulator (ms or %)", "float"), Column("error", "error", "float"),
                      Column("unit", "unit"), Column("tolerance", "tolerance", "float"), Column("within", "within"))
@@ -178,6 +178,17 @@ def _shown(deviation: Deviation) -> dict:
     return row
 
 
+def shipped_cascade(name: str) -> str:
+    """The path of a Haar cascade OpenCV ships; exits with a one-line error if there is none."""
+    import cv2
+
+    path = Path(cv2.data.haarcascades) / name
+    if not path.is_file():
+        shipped = sorted(p.name for p in Path(cv2.data.haarcascades).glob("haarcascade_frontalface*.xml"))
+        raise SystemExit(f"sim_vs_real: no cascade {name!r} in OpenCV's data (frontal-face ones: {', '.join(shipped)})")
+    return str(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = ValidationSetup()
@@ -186,6 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cameras", type=int, default=defaults.trace.cameras)
     parser.add_argument("--seed", type=int, default=defaults.trace.seed)
     parser.add_argument("--policy", default=defaults.policy)
+    parser.add_argument("--edge-haar", metavar="CASCADE", default=None,
+                        help="the edge runs this frontal-face cascade shipped with OpenCV (a file name in "
+                             "cv2.data.haarcascades, e.g. haarcascade_frontalface_alt2.xml) instead of the "
+                             "default one the cloud runs: different models at the two sites, for cascade policies")
     parser.add_argument("--no-autoscale", action="store_true")
     parser.add_argument("--profile-frames", type=int, default=defaults.profile_frames)
     parser.add_argument("--sequential-profile", action="store_true",
@@ -198,7 +213,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="do not model the two sites slowing each other (independent service times)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    setup = dataclasses.replace(defaults, policy=args.policy, autoscale=not args.no_autoscale,
+    edge = defaults.edge if args.edge_haar is None else dataclasses.replace(defaults.edge, model_path=shipped_cascade(
+        args.edge_haar))
+    setup = dataclasses.replace(defaults, policy=args.policy, autoscale=not args.no_autoscale, edge=edge,
                                 profile_frames=args.profile_frames, profile_under_load=not args.sequential_profile,
                                 calibration_replay=not args.no_calibration_replay,
                                 shared_cpu=not args.no_shared_cpu, content_cost=not args.no_content_cost,

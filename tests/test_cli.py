@@ -32,8 +32,9 @@ def test_a_misspelt_policy_is_one_line_before_anything_starts(command: str, tmp_
                        "--web-port", "0")
     assert done.returncode == 2
     assert done.stderr.splitlines() == [f"edgeoffload {command}: error: unknown policy 'min-latancy' (did you mean "
-                                        "'min-latency'?): use a built-in (alternate, bandit, cloud-only, deadline, "
-                                        "edge-only, min-latency, queue-threshold, random), 'module:attr' or "
+                                        "'min-latency'?): use a built-in (alternate, bandit, cascade, cascade-budget, "
+                                        "cloud-only, deadline, edge-only, min-latency, queue-threshold, random), "
+                                        "'module:attr' or "
                                         "'path/to/file.py:attr'"]
     assert not (tmp_path / "pids").exists()  # no process was started
     assert time.monotonic() - began < 30

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from edgeoffload.policy import (BUILTINS, Alternate, Deadline, EpsilonGreedy, MinLatency, Observation,
-                                Policy, QueueThreshold, RandomSplit, SiteState, as_policy, load_policy,
-                                predicted_completion_s)
-from edgeoffload.records import FrameRecord
+from edgeoffload.policy import (BUILTINS, Alternate, BudgetCascade, Cascade, Deadline, EdgeResult, EpsilonGreedy,
+                                MinLatency, Observation, Policy, QueueThreshold, RandomSplit, SiteState, as_policy,
+                                escalation_hook, load_policy, predicted_completion_s)
+from edgeoffload.records import Detection, FrameRecord
 
 FAST_EDGE = SiteState(in_flight=0, replicas=1, service_s=0.02)
 BUSY_EDGE = SiteState(in_flight=10, replicas=1, service_s=0.05)
@@ -193,6 +193,9 @@ def test_as_policy_wraps_objects_without_feedback() -> None:
     ("nonsense", "unknown policy"),
     ("random:abc", "takes a number"),
     ("queue-threshold:0", "k > 0"),
+    ("cascade:x", "takes a number"),
+    ("cascade:inf", "finite"),
+    ("cascade-budget:1.5", "0 <= share <= 1"),
     ("no/such/file.py:f", "not found"),
     ("edgeoffload.policy:Missing", "no attribute"),
     ("no_such_module_xyz:f", "cannot import"),
@@ -200,6 +203,68 @@ def test_as_policy_wraps_objects_without_feedback() -> None:
 def test_loader_errors_are_clear(spec: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         load_policy(spec)
+
+
+def edge_result(score: float | None) -> EdgeResult:
+    return EdgeResult(score, 0 if score is None else 1, 0.05, "edge/haar-face")
+
+
+def test_edge_result_summarises_detections() -> None:
+    found = (Detection("face", 1.5, (0, 0, 10, 10)), Detection("face", 4.0, (20, 0, 10, 10)))
+    result = EdgeResult.of(found, 0.08, "edge/haar-face")
+    assert (result.best_score, result.detections, result.boxes) == (4.0, 2, found)
+    assert EdgeResult.of((), 0.08, "m").best_score is None
+
+
+def test_cascade_escalates_unsure_or_empty_answers_while_the_cloud_is_healthy() -> None:
+    policy = load_policy("cascade:2.5")
+    assert isinstance(policy, Cascade) and policy.name == "cascade:2.5"
+    hook = escalation_hook(policy)
+    assert hook is not None
+    assert [hook(obs(), edge_result(s)) for s in (None, 1.0, 2.5, 4.0)] == [True, True, False, False]
+    assert hook(obs(cloud=SiteState(healthy=False)), edge_result(None)) is False
+    assert policy.estimate_to_cloud(obs()) is False                       # edge first
+    assert policy.estimate_to_cloud(obs(edge=SiteState(healthy=False))) is True
+    assert load_policy("cascade").name == "cascade:0.5"
+
+
+def test_policies_without_the_hook_have_none() -> None:
+    for name in ("edge-only", "min-latency", "bandit", "random"):
+        assert escalation_hook(load_policy(name)) is None
+
+
+def test_budget_cascade_escalates_the_least_confident_share_of_recent_answers() -> None:
+    """Uniform scores: about `share` of them escalated, and those below the window's share-quantile."""
+    import random
+
+    rng = random.Random(5)
+    policy = BudgetCascade(share=0.2, window=100)
+    scores = [rng.random() for _ in range(5000)]
+    decisions = [policy.escalate_to_cloud(obs(), edge_result(s)) for s in scores]
+    share = sum(decisions) / len(decisions)
+    assert 0.17 <= share <= 0.2
+    escalated = [s for s, d in zip(scores, decisions) if d]
+    kept = [s for s, d in zip(scores, decisions) if not d]
+    assert max(escalated) < 0.35 and sum(escalated) / len(escalated) < 0.12 and sum(kept) / len(kept) > 0.55
+    # any 100 consecutive answers hold at most 20 escalations, even when every answer is empty
+    empty = BudgetCascade(share=0.2, window=100)
+    flags = [empty.escalate_to_cloud(obs(), edge_result(None)) for _ in range(1000)]
+    assert all(sum(flags[i:i + 100]) <= 20 for i in range(900)) and sum(flags) >= 190
+    assert load_policy("cascade-budget:0.1").name == "cascade-budget:0.1"
+
+
+def test_as_policy_keeps_the_hook_of_objects_without_feedback() -> None:
+    class Bare:
+        def estimate_to_cloud(self, obs: Observation) -> bool:
+            return False
+
+        def escalate_to_cloud(self, obs: Observation, edge_result: EdgeResult) -> bool:
+            return edge_result.detections == 0
+
+    wrapped = as_policy(Bare())
+    hook = escalation_hook(wrapped)
+    assert hook is not None and hook(obs(), edge_result(None)) and not hook(obs(), edge_result(3.0))
+    assert escalation_hook(as_policy(lambda o: True)) is None
 
 
 def test_a_policy_file_with_a_syntax_error_is_one_line_naming_file_and_line(tmp_path: Path) -> None:

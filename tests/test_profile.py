@@ -93,6 +93,18 @@ def test_profile_measures_service_rtt_and_bandwidth(sites: tuple[str, str], tmp_
     # Haar computes the whole time it runs: a busy detector uses up to one core (less when the
     # machine is loaded, as it then waits for the CPU; the lower bound stays loose for that)
     assert 0.2 < written["edge"]["cpu_per_worker"] <= 1.0 and 0.2 < written["cloud"]["cpu_per_worker"] <= 1.0
+    # Each sample picture's answer from both sites: the same model at both, so every edge answer
+    # agrees with the cloud's; the first picture shows the astronaut's face.
+    answers, reference = written["edge"]["answers"], written["cloud"]["reference"]
+    assert sorted(answers) == sorted(reference) == sorted(f"frame-{i}" for i in range(len(sample_source().frames)))
+    assert all(len(samples) == 1 and samples[0]["agrees"] for samples in answers.values())
+    assert answers["frame-0"][0]["detections"] >= 1 and answers["frame-0"][0]["score"] > 0
+    assert answers["frame-0"][0]["detections"] == len(reference["frame-0"])
+    assert reference["frame-0"][0]["box"][2] > 40   # in the captured frame's pixels (640 wide), not the sent 320
+    assert measured.answers is not None and measured.answers.agreement() == 1.0
+    with_answers = load_scenario({"duration_s": 1, "cameras": [{"name": "c"}], "cloud": {},
+                                  "edge": {"answers": {"file": "profile.json", "key": "edge.answers"}}}, base_dir=tmp_path)
+    assert set(with_answers.edge.answers) == set(answers)
 
 
 def test_profile_command_writes_the_file(sites: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -100,7 +112,7 @@ def test_profile_command_writes_the_file(sites: tuple[str, str], tmp_path: Path,
     profile_cmd.register(parser)
     out = tmp_path / "cli-profile.json"
     args = parser.parse_args(["--edge", sites[0], "--cloud", sites[1], "--frames", "3", "--max-side", "240",
-                              "--pad-kb", "60", "-o", str(out)])
+                              "--pad-kb", "60", "--no-answers", "-o", str(out)])
     assert profile_cmd.run(args) == 0
     written = json.loads(out.read_text())
     assert len(written["edge"]["service_ms"]) == len(written["cloud"]["service_ms"]) == 3
@@ -141,7 +153,7 @@ def test_loaded_path_takes_the_wait_for_a_model_out_of_the_service_time() -> Non
 def test_profile_under_background_load(sites: tuple[str, str], tmp_path: Path) -> None:
     edge_url, cloud_url = sites
     load = BackgroundLoad(fps=12.0, concurrency=2, seed=4)
-    measured = measure(edge_url, cloud_url, frames=4, max_side=240, pad_bytes=60_000, load=load)
+    measured = measure(edge_url, cloud_url, frames=4, max_side=240, pad_bytes=60_000, load=load, answers=False)
     loaded = measured.loaded
     # Arrivals continue until the slower-filling site has its samples; every frame sent is answered and kept.
     assert loaded is not None and len(loaded.edge) >= 4 and len(loaded.cloud) >= 4 and loaded.failed == 0
@@ -171,7 +183,7 @@ def test_profile_command_with_load(sites: tuple[str, str], tmp_path: Path) -> No
     out = tmp_path / "cli-loaded.json"
     args = parser.parse_args(["--edge", sites[0], "--cloud", sites[1], "--frames", "3", "--max-side", "160",
                               "--pad-kb", "40", "--load-fps", "10", "--load-policy", "alternate", "--concurrency", "1",
-                              "-o", str(out)])
+                              "--no-answers", "-o", str(out)])
     assert profile_cmd.run(args) == 0
     written = json.loads(out.read_text())
     assert written["meta"]["load"]["policy"] == "alternate" and written["meta"]["load"]["concurrency"] == 1

@@ -22,7 +22,8 @@ def sample(frame_id: int = 1, **changes: object) -> FrameRecord:
 def test_schema_has_the_documented_fields_in_order() -> None:
     assert FIELD_NAMES == ("camera", "frame_id", "captured_at", "site", "status", "reason", "policy",
                            "model", "detections", "bytes_sent", "t_queue_ms", "t_network_ms",
-                           "t_inference_ms", "t_total_ms", "deadline_met", "replica")
+                           "t_inference_ms", "t_total_ms", "deadline_met", "replica", "escalated", "edge_score",
+                           "edge_detections", "t_edge_ms")
 
 
 def test_records_written_before_the_replica_field_read_with_an_empty_replica(tmp_path) -> None:
@@ -189,3 +190,31 @@ def test_the_file_schema_has_every_field_in_order() -> None:
     """The writer takes columns from FIELD_NAMES and types from this schema: a new field needs
     only its entry here."""
     assert _arrow_schema().names == list(FIELD_NAMES)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_escalation_fields_round_trip_and_old_files_read_without_them(tmp_path: Path, suffix: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    escalated = sample(escalated=True, edge_score=2.75, edge_detections=2, t_edge_ms=31.5)
+    nothing_found = sample(2, escalated=True, edge_score=None, edge_detections=0, t_edge_ms=12.0)
+    kept = sample(3, site="edge")
+    path = tmp_path / f"records{suffix}"
+    with RecordWriter(path) as writer:
+        writer.write_all([escalated, nothing_found, kept])
+    assert list(read_records(path)) == [escalated, nothing_found, kept]
+    assert FrameRecord.from_json(nothing_found.to_json()) == nothing_found
+    # a file written before the cascade fields: the records read with their defaults
+    old = tmp_path / f"old{suffix}"
+    if suffix == ".csv":
+        old.write_text("camera,frame_id,captured_at,site,status,replica\ncam,3,1.5,edge,ok,edge-0\n", encoding="utf-8")
+    else:
+        pq.write_table(pa.table({"camera": ["cam"], "frame_id": [3], "captured_at": [1.5], "site": ["edge"],
+                                 "status": ["ok"], "replica": ["edge-0"]}), old)
+    (record,) = read_records(old)
+    assert (record.escalated, record.edge_score, record.edge_detections, record.t_edge_ms) == (False, None, 0, 0.0)
+    with pytest.raises(ValueError, match="escalated"):
+        FrameRecord.from_dict({**kept.to_dict(), "escalated": "maybe"})
+    with pytest.raises(ValueError, match="edge_score"):
+        FrameRecord.from_dict({**kept.to_dict(), "edge_score": "nan"})

@@ -179,7 +179,9 @@ def test_pipeline_replays_profiles_and_simulates_the_same_trace(tmp_path: Path) 
     assert result.real.cloud_share == pytest.approx(0.5, abs=0.15)
     assert result.simulated.cloud_share == pytest.approx(0.5, abs=0.15)
 
-    assert [d.metric for d in result.deviations] == ["p50_ms", "p95_ms", "cloud_share", "drop_rate"]
+    # the profile measured each picture's answers: the same model at both sites, so every answer agrees
+    assert [d.metric for d in result.deviations] == ["p50_ms", "p95_ms", "cloud_share", "drop_rate", "agreement"]
+    assert result.real.agreement == result.simulated.agreement == 1.0
     assert all(d.error is not None and math.isfinite(d.error) for d in result.deviations)
     assert result.target_met == all(d.within for d in result.deviations[:3])
     assert result.real_timeline and all(p.edge == p.cloud == 1 for p in result.real_timeline)
@@ -203,3 +205,35 @@ def test_pipeline_replays_profiles_and_simulates_the_same_trace(tmp_path: Path) 
     assert 0 < len(calibrated["edge"]["service_ms"]) <= len(calibration_ok)
     parts = {(row["site"]): row for row in breakdown(result.real_records, "testbed")}
     assert parts["cloud"]["mean_network_ms"] > parts["edge"]["mean_network_ms"]   # the WAN is on the cloud path
+
+
+def test_the_simulator_gets_the_edge_answers_and_both_sides_judge_agreement_alike(tmp_path: Path) -> None:
+    from edgeoffload.records import Detection, FrameRecord
+    from edgeoffload.validation import agreement_judges, content_of
+
+    frames = sample_source()
+    trace = write_trace(sent_sizes(generate(TraceSpec("poisson", 1, 3.0, 5.0, seed=1)), frames, 320),
+                        tmp_path / "trace.csv")
+    face = {"label": "face", "score": 3.0, "box": [100.0, 100.0, 50.0, 50.0]}
+    profile = {"edge": {"service_ms": [40.0], "answers": {"frame-0": [{"score": 3.0, "detections": 1, "agrees": True}],
+                                                          "frame-1": [{"score": None, "detections": 0, "agrees": False}]}},
+               "cloud": {"service_ms": [30.0], "reference": {"frame-0": [face], "frame-1": [face]}},
+               "wan": {"rtt_ms": [40.0], "bandwidth_bps": 2e7}}
+    (tmp_path / "profile.json").write_text(json.dumps(profile))
+    scenario = simulated_scenario(ValidationSetup(autoscale=False), trace, tmp_path / "profile.json", 1.0, 10.0, 0)
+    assert set(scenario.edge.answers) == {"frame-0", "frame-1"} and not scenario.cloud.answers
+    real, simulated = agreement_judges(profile, frames)
+
+    def record(picture: str, site: str, detections: tuple[Detection, ...] = ()) -> FrameRecord:
+        frame_id = next(i for i in range(len(frames.frames)) if content_of(frames, "cam", i) == picture)
+        return FrameRecord(camera="cam", frame_id=frame_id, captured_at=0.0, site=site, status="ok",  # type: ignore[arg-type]
+                           detections=detections)
+
+    found = (Detection("face", 2.0, (102.0, 101.0, 50.0, 50.0)),)
+    # the testbed's answer is compared with the cloud's on the picture
+    assert real(record("frame-0", "edge", found)) is True and real(record("frame-1", "edge", ())) is False
+    assert real(record("frame-2", "edge", found)) is None   # no reference for that picture
+    # a simulated answer: the cloud's agrees; the edge's as the picture's measured answer did
+    assert simulated(record("frame-1", "cloud")) is True
+    assert simulated(record("frame-0", "edge")) is True and simulated(record("frame-1", "edge")) is False
+    assert agreement_judges({"edge": {}, "cloud": {}}, frames) is None

@@ -123,6 +123,11 @@ class FrameSource(Protocol):
     def frame(self, camera: str, frame_index: int) -> bytes: ...
 
 
+def picture_name(index: int) -> str:
+    """How traces, profiles and scenarios name the `index`-th frame of a source (`content`)."""
+    return f"frame-{index}"
+
+
 @dataclass(frozen=True)
 class CyclicFrames:
     """A fixed list of encoded frames, looped; cameras start at different offsets so they differ."""
@@ -289,5 +294,5 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["SampleVideoSpec", "SCENES", "FaceScene", "FACE_SCENES", "NAMED_SOURCES", "face_images", "faces_source", "FrameSource", "CyclicFrames", "sample_images", "sample_jpegs",
+__all__ = ["SampleVideoSpec", "SCENES", "FaceScene", "FACE_SCENES", "NAMED_SOURCES", "face_images", "faces_source", "FrameSource", "CyclicFrames", "picture_name", "sample_images", "sample_jpegs",
            "sample_source", "folder_source", "video_source", "open_source", "write_video", "scene_image"]

@@ -8,6 +8,12 @@ model's arithmetic. The two queues are merged exactly: at equal times simpy goes
 
 Per frame the policy gets the Observation the real preprocessor would build (see
 edgeoffload/estimate.py, shared with it) and afterwards the FrameRecord the testbed would publish.
+
+With `edge.answers` in the scenario, each frame the edge answers gets an answer drawn for its
+picture (edgeoffload.sim.answers): a cascade policy's `escalate_to_cloud` decides on it, and an
+escalated frame then takes the cloud path like an offloaded one (WAN, dispatch, cloud pods; if
+that fails it keeps the edge's answer, as on the testbed). Without the key, and for policies
+without the hook, the edge's completions take the plain path.
 """
 from __future__ import annotations
 
@@ -22,8 +28,9 @@ from typing import Any, Callable, Iterator, Mapping
 import simpy
 
 from edgeoffload.hpa import HPAController, metric_averages
-from edgeoffload.policy import Observation, Policy, SiteState, load_policy
+from edgeoffload.policy import EdgeResult, Observation, Policy, SiteState, escalation_hook, load_policy
 from edgeoffload.records import FrameRecord, RecordWriter
+from edgeoffload.sim.answers import AnswerDraws
 from edgeoffload.sim.dispatch import Dispatcher
 from edgeoffload.sim.distributions import stream
 from edgeoffload.sim.fastinit import direct_constructor
@@ -123,8 +130,15 @@ class Simulation:
         shared = scenario.shared_cpu
         self.shared_cpu = None if shared is None else SharedCpu(shared.cores, self._heap, self._seq)
         on_machine = {name: self.shared_cpu for name in (shared.pools if shared else ())}
+        self._escalate = escalation_hook(policy)
+        if self._escalate is not None and not scenario.edge.answers:
+            raise ValueError(f"policy {policy.name} decides on the edge's answers (escalate_to_cloud): the scenario "
+                             "needs edge.answers (each picture's measured edge answers, from `edgeoffload profile`)")
+        self._answers = AnswerDraws(scenario.edge.answers, stream(seed, "edge/answers")) if scenario.edge.answers else None
+        self._escalated = self._agreed = 0   # counted frames the policy escalated / whose answer agrees
         self.edge = make_pool(scenario.edge, self._heap, self._seq,
-                              scenario.edge.service_ms.sampler(stream(seed, "edge/service")), self._edge_done,
+                              scenario.edge.service_ms.sampler(stream(seed, "edge/service")),
+                              self._edge_done if self._answers is None else self._edge_answered,
                               on_machine.get("edge"))
         self.cloud = make_pool(scenario.cloud, self._heap, self._seq,
                                scenario.cloud.service_ms.sampler(stream(seed, "cloud/service")), self._cloud_done,
@@ -229,29 +243,24 @@ class Simulation:
         deadline = None if group.deadline_ms is None else group.deadline_ms / 1000
         self._emit(Frame(name, frame_id, self.now, size, deadline, content))
 
+    def _observe(self, frame: Frame, now: float) -> Observation:
+        """The Observation the preprocessor would build for `frame` now."""
+        edge_view, cloud_view = self.edge_view, self.cloud_view
+        return _observation(
+            now, frame.camera, frame.frame_id, frame.size, frame.deadline_s,
+            _site_state(edge_view.in_flight, len(self.edge.endpoints), edge_view.service_s, edge_view.rtt_s,
+                        edge_view.uplink_bps, edge_view.ready and edge_view.failures < edge_view.failure_threshold),
+            _site_state(cloud_view.in_flight, len(self.cloud.endpoints), cloud_view.service_s, cloud_view.rtt_s,
+                        cloud_view.uplink_bps, cloud_view.ready and cloud_view.failures < cloud_view.failure_threshold))
+
     def _emit(self, frame: Frame) -> None:
         """Ask the policy with the preprocessor's current view, then send the frame."""
         now = self.now
         self.frames_simulated += 1
-        edge_view, cloud_view = self.edge_view, self.cloud_view
-        edge_ready, cloud_ready = len(self.edge.endpoints), len(self.cloud.endpoints)
-        observation = _observation(
-            now, frame.camera, frame.frame_id, frame.size, frame.deadline_s,
-            _site_state(edge_view.in_flight, edge_ready, edge_view.service_s, edge_view.rtt_s, edge_view.uplink_bps,
-                        edge_view.ready and edge_view.failures < edge_view.failure_threshold),
-            _site_state(cloud_view.in_flight, cloud_ready, cloud_view.service_s, cloud_view.rtt_s,
-                        cloud_view.uplink_bps, cloud_view.ready and cloud_view.failures < cloud_view.failure_threshold))
-        if self._decide(observation):
-            cloud_view.in_flight += 1
-            if self.dispatchers:
-                self.dispatchers["cloud"].submit(frame, now)
-                return
-            link = self.link
-            left = link.transmit(now, frame.size * 8)
-            frame.uplink_s = left - now
-            frame.up_s = link.one_way_s(left)
-            heapq.heappush(self._heap, (left + frame.up_s, next(self._seq), self._cloud_arrive, frame))
+        if self._decide(self._observe(frame, now)):
+            self._to_cloud(frame, now)
             return
+        edge_view = self.edge_view
         edge_view.in_flight += 1
         if self.dispatchers:
             self.dispatchers["edge"].submit(frame, now)
@@ -260,6 +269,18 @@ class Simulation:
         if reason is not None:
             frame.arrived = now
             self._failed(frame, self._edge_site, now, reason)
+
+    def _to_cloud(self, frame: Frame, now: float) -> None:
+        """The preprocessor commits `frame` to the cloud: its queue (dispatch model) or the WAN at once."""
+        self.cloud_view.in_flight += 1
+        if self.dispatchers:
+            self.dispatchers["cloud"].submit(frame, now)
+            return
+        link = self.link
+        left = link.transmit(now, frame.size * 8)
+        frame.uplink_s = left - now
+        frame.up_s = link.one_way_s(left)
+        heapq.heappush(self._heap, (left + frame.up_s, next(self._seq), self._cloud_arrive, frame))
 
     def _send_edge(self, frame: Frame, pod: Pod, now: float) -> None:
         """Dispatch model: the preprocessor sends `frame` to edge replica `pod`."""
@@ -312,13 +333,51 @@ class Simulation:
         view = site.view
         view.in_flight -= 1
         network_s = frame.uplink_s + frame.up_s + frame.down_s
-        sent = frame.size if site.remote else 0
         view.answered(frame.service, network_s, frame.size)
+        self._settle(frame, site, now, network_s, "", frame.size if site.remote else 0)
+        if self.dispatchers:
+            self.dispatchers[site.name].done(frame, now)
+
+    def _edge_answered(self, frame: Frame, end: float) -> None:
+        """The edge answered, in a scenario with `edge.answers`: draw the answer for the frame's
+        picture; a cascade policy may then escalate the frame to the cloud (estimates are updated
+        first, as the preprocessor records the edge's answer before it asks the policy)."""
+        answer = frame.edge_answer = self._answers.draw(frame.content)  # type: ignore[union-attr]
+        site = self._edge_site
+        view = site.view
+        view.in_flight -= 1
+        view.answered(frame.service, 0.0, frame.size)
+        escalate = self._escalate
+        if escalate is None or not escalate(
+                self._observe(frame, end), EdgeResult(answer.score, answer.detections, frame.service, site.model)):
+            self._settle(frame, site, end, 0.0, "", 0)
+            if self.dispatchers:
+                self.dispatchers["edge"].done(frame, end)
+            return
+        frame.edge_done = end
+        if self.dispatchers:
+            self.dispatchers["edge"].done(frame, end)
+        frame.pod = None
+        frame.uplink_s = frame.up_s = frame.down_s = 0.0
+        self._to_cloud(frame, end)
+
+    def _kept_edge(self, frame: Frame, now: float, reason: str, sent: int) -> None:
+        """An escalated frame whose cloud stage failed keeps the edge's answer, as on the testbed.
+        A simulated cloud fails a frame only before serving it, so `frame.service` is still the edge's."""
+        frame.pod = None
+        self._settle(frame, self._edge_site, now, 0.0, f"escalation_failed: {reason}", sent)
+
+    def _settle(self, frame: Frame, site: _Site, now: float, network_s: float, reason: str, sent: int) -> None:
+        """Statistics, record and policy feedback of a frame with an answer (estimates already
+        updated; the caller frees its slot at the preprocessor)."""
         total_ms = (now - frame.captured) * 1000.0
-        # waiting at the pod, plus (dispatch model) in the preprocessor's queue
-        queue_ms = (frame.started - frame.arrived + frame.dispatched - frame.captured) * 1000.0
         inference_ms = frame.service * 1000.0
         network_ms = network_s * 1000.0
+        escalated = frame.edge_done >= 0
+        if escalated:   # the edge stage (and a failed cloud stage) waited too, as the testbed counts it
+            queue_ms = total_ms - network_ms - inference_ms
+        else:           # waiting at the pod, plus (dispatch model) in the preprocessor's queue
+            queue_ms = (frame.started - frame.arrived + frame.dispatched - frame.captured) * 1000.0
         deadline = frame.deadline_s
         met = None if deadline is None else total_ms <= deadline * 1000.0
         if frame.captured >= self._warmup:
@@ -336,15 +395,24 @@ class Simulation:
                     acc.deadline_met += 1
                 else:
                     acc.deadline_missed += 1
+            if self._answers is not None:   # the cloud's answer is the reference
+                self._escalated += escalated
+                self._agreed += site.remote or bool(frame.edge_answer.agrees)  # type: ignore[union-attr]
         pod = frame.pod
-        record = _frame_record(frame.camera, frame.frame_id, frame.captured, site.name, "ok", "", self._policy_name,
-                               site.model, (), sent, queue_ms, network_ms, inference_ms, total_ms, met,
-                               pod.name if pod is not None else "")
+        if escalated:
+            answer = frame.edge_answer
+            record = _frame_record(frame.camera, frame.frame_id, frame.captured, site.name, "ok", reason,
+                                   self._policy_name, site.model, (), sent, queue_ms, network_ms, inference_ms,
+                                   total_ms, met, pod.name if pod is not None else "", True,
+                                   answer.score, answer.detections,  # type: ignore[union-attr]
+                                   (frame.edge_done - frame.captured) * 1000.0)
+        else:
+            record = _frame_record(frame.camera, frame.frame_id, frame.captured, site.name, "ok", reason,
+                                   self._policy_name, site.model, (), sent, queue_ms, network_ms, inference_ms,
+                                   total_ms, met, pod.name if pod is not None else "")
         self._learn(record)
         if self.writer is not None:
             self.writer.write(record)
-        if self.dispatchers:
-            self.dispatchers[site.name].done(frame, now)
 
     def _failed(self, frame: Frame, site: _Site, now: float, reason: str) -> None:
         """A 503 (queue full: status dropped) or no endpoint (status error) reached the preprocessor."""
@@ -359,6 +427,9 @@ class Simulation:
     def _account_failure(self, frame: Frame, site: _Site, now: float, status: str, reason: str, sent: int,
                          network_ms: float) -> None:
         """Statistics, record and policy feedback of a frame that got no answer."""
+        if frame.edge_done >= 0:
+            self._kept_edge(frame, now, reason, sent)
+            return
         total_ms = (now - frame.captured) * 1000.0
         met = None if frame.deadline_s is None else False
         if frame.captured >= self._warmup:
@@ -471,7 +542,9 @@ class Simulation:
             p50_ms=q(latency.quantile(0.5)), p95_ms=q(latency.quantile(0.95)), p99_ms=q(latency.quantile(0.99)),
             deadline_frames=with_deadline, deadline_miss_rate=ratio(missed, with_deadline),
             egress_bytes=egress, egress_cost=round(egress / 1e9 * scenario.wan.egress_price_per_gb, 6),
-            pod_cost=round(pod_cost, 6), energy_j=round(energy_total, 3), sites=sites, timeline=tuple(self.timeline))
+            pod_cost=round(pod_cost, 6), energy_j=round(energy_total, 3), sites=sites, timeline=tuple(self.timeline),
+            escalated=self._escalated, escalation_share=ratio(self._escalated, frames),
+            agreement=ratio(self._agreed, ok) if self._answers is not None and self._answers.agreement_known else None)
 
 
 def run_scenario(scenario: Scenario | str | Path | Mapping[str, Any], policy: Policy | str,

@@ -32,7 +32,8 @@ class Frame:
     """One frame on its way through the model (times in simulated seconds)."""
 
     __slots__ = ("camera", "frame_id", "captured", "size", "deadline_s", "arrived", "started", "service",
-                 "uplink_s", "up_s", "down_s", "pod", "reason", "content", "target", "dispatched")
+                 "uplink_s", "up_s", "down_s", "pod", "reason", "content", "target", "dispatched", "edge_answer",
+                 "edge_done")
 
     def __init__(self, camera: str, frame_id: int, captured: float, size: int, deadline_s: float | None,
                  content: str = "") -> None:
@@ -48,6 +49,8 @@ class Frame:
         self.content = content           # which picture (trace `content`): scales the service draw
         self.target: Pod | None = None   # the replica the preprocessor sent it to (dispatch model)
         self.dispatched = captured       # when it left the preprocessor's queue
+        self.edge_answer = None          # cascade: the edge's drawn answer (scenario edge.answers)
+        self.edge_done = -1.0            # cascade: when the edge answered an escalated frame (-1: not escalated)
 
 
 class Pod:

@@ -6,6 +6,9 @@ Top-level keys (see experiments/scenarios/baseline.yaml for a commented example)
   wan:     {bandwidth_mbps | bandwidth_bps, rtt_ms, trace, profile, egress_price_per_gb}
   edge, cloud: {replicas, workers, queue, queue_capacity, service_ms, content_factor, cold_start_s, hpa,
                 cpu_request, cpu_per_worker, price_per_pod_hour, power_w: {idle, busy}, model}
+  edge.answers: {picture: [{score, detections, agrees}, ...]} | {file: PROFILE, key: edge.answers}
+               optional: the edge model's measured answers per picture, drawn for each frame the edge
+               answers (cascade policies decide on them; `agrees` gives the answer-agreement share)
   observer: {ewma_alpha, probe_interval_s, edge_service_ms, cloud_service_ms, cloud_rtt_ms, cloud_uplink_mbps}
   shared_cpu: {cores, pools}   optional: the listed pools (default edge and cloud) run on one
                                machine and share `cores` cores (processor sharing, see pools.SharedCpu)
@@ -57,6 +60,17 @@ class WanSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class EdgeAnswer:
+    """One measured edge answer to a picture (`edgeoffload profile`): the best detection score
+    (None: nothing found), how many objects, and whether it agrees with the cloud model's answer
+    on the same picture (edgeoffload.agreement; None: not measured)."""
+
+    score: float | None
+    detections: int = 0
+    agrees: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class PoolSpec:
     """One inference site: a Deployment of pods with `workers` servers each."""
 
@@ -75,6 +89,7 @@ class PoolSpec:
     idle_w: float = 0.0
     busy_w: float = 0.0                    # power of a pod with every worker busy
     model: str = ""
+    answers: Mapping[str, tuple[EdgeAnswer, ...]] = field(default_factory=dict)   # picture -> edge answers
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,7 +377,7 @@ def _pool(raw: Any, name: str, base_dir: Path) -> PoolSpec:
         raise ScenarioError(name, "is required (a pool: replicas, workers, service_ms, ...)")
     fields = _Fields(raw, name, {"replicas", "workers", "queue", "queue_capacity", "service_ms", "content_factor",
                                  "cold_start_s", "hpa", "cpu_request", "cpu_per_worker", "price_per_pod_hour",
-                                 "power_w", "model"})
+                                 "power_w", "model", "answers"})
     power = _Fields(raw.get("power_w") or {}, f"{name}.power_w", {"idle", "busy"})
     idle_w = power.number("idle", 0.0, ge=0)
     capacity = raw.get("queue_capacity")
@@ -378,7 +393,8 @@ def _pool(raw: Any, name: str, base_dir: Path) -> PoolSpec:
         hpa=_hpa(raw.get("hpa"), f"{name}.hpa", base_dir),
         cpu_request=fields.number("cpu_request", 1.0, gt=0), cpu_per_worker=fields.number("cpu_per_worker", 1.0, gt=0),
         price_per_pod_hour=fields.number("price_per_pod_hour", 0.0, ge=0),
-        idle_w=idle_w, busy_w=power.number("busy", idle_w, ge=idle_w), model=fields.text("model", ""))
+        idle_w=idle_w, busy_w=power.number("busy", idle_w, ge=idle_w), model=fields.text("model", ""),
+        answers=_answers(raw.get("answers"), f"{name}.answers", base_dir, name))
 
 
 def _shared_cpu(raw: Any) -> SharedCpuSpec | None:
@@ -403,22 +419,59 @@ def _content_factor(raw: Any, path: str, base_dir: Path) -> dict[str, float]:
     mapping in a profile. A frame's service draw is multiplied by its picture's factor (1 if unknown)."""
     if raw is None:
         return {}
-    if not isinstance(raw, Mapping):
-        raise ScenarioError(path, "must be a mapping of picture -> factor, or {file, key}")
-    if "file" in raw:
-        _Fields(raw, path, {"file", "key"})
-        data: Any = load_profile(base_dir / str(raw["file"]), f"{path}.file")
-        for part in str(raw.get("key", "")).split("."):
-            data = data.get(part) if isinstance(data, Mapping) else None
-        if not isinstance(data, Mapping):
-            raise ScenarioError(f"{path}.key", f"{raw.get('key')!r} is not a mapping in {raw['file']}")
-        raw, path = data, f"{path}[{raw['file']}:{raw.get('key')}]"
+    raw, path = _per_picture(raw, path, base_dir, "factor")
     factors = {}
     for content, value in raw.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
             raise ScenarioError(f"{path}.{content}", f"must be a number > 0, got {value!r}")
         factors[str(content)] = float(value)
     return factors
+
+
+def _per_picture(raw: Any, path: str, base_dir: Path, what: str) -> tuple[Mapping[str, Any], str]:
+    """A {picture: value} mapping given inline, or as {file: PROFILE, key: dotted.key} naming one
+    in a profile; returns it with the path its errors should name."""
+    if not isinstance(raw, Mapping):
+        raise ScenarioError(path, f"must be a mapping of picture -> {what}, or {{file, key}}")
+    if "file" not in raw:
+        return raw, path
+    _Fields(raw, path, {"file", "key"})
+    data: Any = load_profile(base_dir / str(raw["file"]), f"{path}.file")
+    for part in str(raw.get("key", "")).split("."):
+        data = data.get(part) if isinstance(data, Mapping) else None
+    if not isinstance(data, Mapping):
+        raise ScenarioError(f"{path}.key", f"{raw.get('key')!r} is not a mapping in {raw['file']}")
+    return data, f"{path}[{raw['file']}:{raw.get('key')}]"
+
+
+def _answers(raw: Any, path: str, base_dir: Path, pool: str) -> dict[str, tuple[EdgeAnswer, ...]]:
+    """`answers`: {picture: [{score, detections, agrees}, ...]} (inline or {file, key}). Frames of an
+    unlisted picture (or of cameras without pictures) draw from every listed answer."""
+    if raw is None:
+        return {}
+    if pool != "edge":
+        raise ScenarioError(path, "only the edge's answers are modelled (the cloud's answer is the reference)")
+    raw, path = _per_picture(raw, path, base_dir, "list of answers")
+    answers: dict[str, tuple[EdgeAnswer, ...]] = {}
+    for picture, samples in raw.items():
+        where = f"{path}.{picture}"
+        if not isinstance(samples, list) or not samples:
+            raise ScenarioError(where, "must be a non-empty list of {score, detections, agrees}")
+        parsed = []
+        for index, sample in enumerate(samples):
+            fields = _Fields(sample, f"{where}[{index}]", {"score", "detections", "agrees"})
+            agrees = sample.get("agrees")
+            if agrees is not None and not isinstance(agrees, bool):
+                raise ScenarioError(fields.where("agrees"), f"must be true or false, got {agrees!r}")
+            score = fields.optional_number("score")
+            detections = fields.integer("detections", 0 if score is None else 1, ge=0)
+            if (score is None) != (detections == 0):
+                raise ScenarioError(fields.where("score"), "is null exactly when nothing was found (detections 0)")
+            parsed.append(EdgeAnswer(score, detections, agrees))
+        answers[str(picture)] = tuple(parsed)
+    if not answers:
+        raise ScenarioError(path, "must list at least one picture")
+    return answers
 
 
 def _hpa(raw: Any, path: str, base_dir: Path) -> HPASpec | None:
@@ -457,5 +510,5 @@ def _hpa(raw: Any, path: str, base_dir: Path) -> HPASpec | None:
     return spec
 
 
-__all__ = ["CameraGroup", "DispatchSpec", "ObserverSpec", "PoolSpec", "Scenario", "ScenarioError", "SharedCpuSpec", "WanSpec",
+__all__ = ["CameraGroup", "DispatchSpec", "EdgeAnswer", "ObserverSpec", "PoolSpec", "Scenario", "ScenarioError", "SharedCpuSpec", "WanSpec",
            "load_scenario", "parse_scenario", "read_yaml"]

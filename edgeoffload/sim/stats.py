@@ -141,6 +141,10 @@ class Summary:
     energy_j: float
     sites: dict[str, SiteSummary] = field(default_factory=dict)
     timeline: tuple[TimelinePoint, ...] = ()
+    escalated: int = 0                       # counted frames a cascade policy sent on to the cloud
+    escalation_share: float | None = None    # escalated / frames
+    agreement: float | None = None           # answered frames whose answer agrees with the cloud model's
+                                             # (None: the scenario has no edge.answers with `agrees`)
 
     def to_dict(self) -> dict[str, Any]:
         raw = asdict(self)
@@ -169,6 +173,10 @@ class Summary:
             ("egress", f"{self.egress_bytes / 1e6:,.1f} MB (cost {self.egress_cost:.4f})"),
             ("pod cost", f"{self.pod_cost:.4f}"), ("energy", f"{self.energy_j / 3600:,.3f} Wh"),
         ]
+        if self.escalated:
+            rows.append(("escalated to the cloud", f"{fmt(self.escalated)} ({pct(self.escalation_share)} of frames)"))
+        if self.agreement is not None:
+            rows.append(("answers agreeing with the cloud model", pct(self.agreement)))
         for name, site in self.sites.items():
             rows.append((f"{name}: frames ok/drop/err", f"{fmt(site.frames)}: {fmt(site.ok)} / {fmt(site.dropped)} / {fmt(site.errors)}"))
             rows.append((f"{name}: queue / net / infer mean", " / ".join(

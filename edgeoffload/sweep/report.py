@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from edgeoffload.analysis import (METRIC_KEYS, POLICY_COLUMNS, Column, RunMetrics, markdown_table, plot_grouped_bars,
+from edgeoffload.analysis import (CASCADE_COLUMNS, METRIC_KEYS, POLICY_COLUMNS, Column, RunMetrics, markdown_table, plot_grouped_bars,
                                   plot_pareto, write_csv)
 from edgeoffload.policy import BUILTINS
 from edgeoffload.sweep.cells import FAILED, OK
@@ -108,10 +108,13 @@ def report_markdown(spec: SweepSpec, rows: Sequence[Row], distinct: int) -> str:
              f"{distinct} distinct simulations, {len(failed)} failed. Metrics count the frames captured after each "
              "scenario's warm-up; the full table is results.csv / results.parquet."]
     for grid in spec.grids:
+        grid_rows = [row for row in rows if row["grid"] == grid.name]
+        # escalations and answer agreement only where some cell has them (cascades, edge.answers)
+        cascade = [column for column in CASCADE_COLUMNS if any(row.get(column.key) for row in grid_rows)]
         columns = [Column("scenario", "scenario"), *(Column(key, key) for key, _ in grid.overrides),
                    Column("policy", "policy"), *([Column("seed", "seed")] if len(grid.seeds) > 1 else []),
-                   *POLICY_COLUMNS[1:]]
-        lines += [f"## {grid.name}", markdown_table([row for row in rows if row["grid"] == grid.name], columns)]
+                   *POLICY_COLUMNS[1:], *cascade]
+        lines += [f"## {grid.name}", markdown_table(grid_rows, columns)]
     if failed:
         lines += ["## Failed cells", markdown_table(failed, [Column(key, key) for key in
                                                              ("grid", "scenario", "policy", "seed", "error")])]

@@ -72,6 +72,7 @@ class StreamStats:
     error_rate: float | None
     latency_p50_ms: float | None
     latency_p95_ms: float | None
+    escalation_share: float | None = None   # frames a cascade escalated to the cloud after the edge answered
 
     def to_dict(self) -> dict[str, Any]:
         return {name: _rounded(getattr(self, name)) for name in self.__slots__}  # type: ignore[attr-defined]
@@ -83,7 +84,7 @@ def _rounded(value: Any) -> Any:
 
 def summarise(recent: Iterable[FrameRecord], frames: int, fps: float) -> StreamStats:
     """Shares, drop rate and latency percentiles of `recent`."""
-    count = edge = cloud = dropped = errors = 0
+    count = edge = cloud = dropped = errors = escalated = 0
     latencies: list[float] = []
     for record in recent:
         count += 1
@@ -91,6 +92,7 @@ def summarise(recent: Iterable[FrameRecord], frames: int, fps: float) -> StreamS
         cloud += record.site == "cloud"
         dropped += record.status == "dropped"
         errors += record.status == "error"
+        escalated += record.escalated
         if record.status == "ok":
             latencies.append(record.t_total_ms)
     latencies.sort()
@@ -99,7 +101,8 @@ def summarise(recent: Iterable[FrameRecord], frames: int, fps: float) -> StreamS
         frames=frames, fps=fps, recent=count,
         edge_share=edge / routed if routed else None, cloud_share=cloud / routed if routed else None,
         drop_rate=dropped / count if count else None, error_rate=errors / count if count else None,
-        latency_p50_ms=percentile(latencies, 50), latency_p95_ms=percentile(latencies, 95))
+        latency_p50_ms=percentile(latencies, 50), latency_p95_ms=percentile(latencies, 95),
+        escalation_share=escalated / count if count else None)
 
 
 class RateCounter:

@@ -439,6 +439,8 @@ class Preprocessor:
             if record.reason.startswith("failover:"):
                 from_site = record.reason.split(":", 1)[1].split("->", 1)[0]
                 metrics.PREPROCESSOR_FAILOVERS.labels(from_site, record.site).inc()
+            if record.escalated:
+                metrics.PREPROCESSOR_ESCALATIONS.labels("answered" if record.site == "cloud" else "failed").inc()
         else:
             metrics.PREPROCESSOR_DROPS.labels(drop_reason(record)).inc()
         mid = self.publisher.publish_record(record)

@@ -82,6 +82,14 @@ def test_statistics_over_recent_records() -> None:
     assert stats["latency_p50_ms"] == 10.0 and stats["latency_p95_ms"] == 50.0
     totals = live.summary()["totals"]
     assert totals["frames"] == 10 and totals["edge_share"] == 0.75
+    assert stats["escalation_share"] == 0.0
+
+
+def test_escalations_of_a_cascade_are_counted() -> None:
+    import dataclasses
+
+    recent = [dataclasses.replace(record("a", i, "cloud"), escalated=True) for i in range(3)] + [record("a", 3)]
+    assert summarise(recent, frames=4, fps=1.0).escalation_share == 0.75
 
 
 def test_statistics_of_no_routed_frames_are_unknown_not_zero() -> None:

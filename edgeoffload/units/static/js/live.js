@@ -280,6 +280,9 @@ function showSummary(summary) {
   setText("kpi-frames", `${fmt.count(totals.frames)} frames`);
   setText("kpi-edge", fmt.pct(totals.edge_share));
   setText("kpi-cloud", fmt.pct(totals.cloud_share));
+  // cascade policies: how many frames went on to the cloud after the edge had answered
+  setText("kpi-escalated", totals.escalation_share ? `of routed; escalated after the edge ${fmt.pct(totals.escalation_share)}`
+    : "of routed frames");
   setText("kpi-drop", fmt.pct(totals.drop_rate));
   setText("kpi-errors", `errors ${fmt.pct(totals.error_rate)}`);
   setText("kpi-p50", fmt.ms(totals.latency_p50_ms));
