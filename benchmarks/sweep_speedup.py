@@ -1,6 +1,6 @@
 """`edgeoffload sweep` of the policy comparison with 2 worker processes against 1 (target >= 1.6x).
 
-The whole command, as a user runs it (start of the embedded Dask cluster, 140 cells, table,
+The whole command, as a user runs it (start of the embedded Dask cluster, every cell, table,
 report and 14 plots), into an empty folder each time, with `--workers 1` and `--workers 2`
 back to back; PAIRS pairs, each reported with the 1-minute load average before it (the
 machine is shared: run it when the load is low). The cells' own phase (as the command reports
@@ -54,8 +54,8 @@ def main() -> None:
                          f"**{ratios[-1]:.2f}x** ({cell_ratios[-1]:.2f}x)"])
             print(rows[-1], flush=True)
     median = sorted(ratios)[PAIRS // 2]
-    body = (f"`edgeoffload sweep experiments/sweeps/policy_comparison.yaml --out NEW_FOLDER --workers N` (140 cells, "
-            "135 distinct simulations, 14 plots), end to end, N = 1 then N = 2, "
+    body = (f"`edgeoffload sweep experiments/sweeps/policy_comparison.yaml --out NEW_FOLDER --workers N` (every cell "
+            "of the policy comparison, plots included), end to end, N = 1 then N = 2, "
             f"{PAIRS} pairs; in brackets the cells' phase alone (cluster start included).\n\n"
             + markdown_table(["pair", "1-min load before", "1 worker", "2 workers", "speed-up"], rows)
             + f"\n\nMedian speed-up {median:.2f}x end to end (target >= {TARGET}x: {'met' if median >= TARGET else 'not met'}). "
