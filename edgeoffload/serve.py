@@ -88,6 +88,14 @@ class UnitProcess:
     metrics_dir: str = field(default="")
     probe_url: str = ""   # the probe listener (PROBE_BIND), where the kubelet's probes go
 
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    @property
+    def probe_port(self) -> int:
+        return int(self.probe_url.rsplit(":", 1)[1])
+
     def ready(self, timeout: float = 2.0) -> bool:
         """Whether its readiness probe answers 200 within `timeout`."""
         try:
