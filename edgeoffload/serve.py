@@ -169,6 +169,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     """`edgeoffload serve UNIT`: the container entry point (gunicorn replaces this process)."""
     parser.add_argument("unit", choices=sorted(UNITS))
     parser.add_argument("--bind", help="host:port (default $BIND or 0.0.0.0:8080)")
+    parser.add_argument("--probe-bind", help="host:port of the health probes' own listener "
+                                             "(default $PROBE_BIND or 0.0.0.0:8081)")
     parser.add_argument("--workers", type=int,
                         help=f"gunicorn workers (default $WORKERS, else 1 for {' and '.join(SINGLE_WORKER_UNITS)}, "
                              "which keep per-process state, and for inference the CPUs available, at most 4)")
@@ -176,7 +178,8 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    for name, value in (("BIND", args.bind), ("WORKERS", args.workers), ("THREADS", args.threads)):
+    for name, value in (("BIND", args.bind), ("PROBE_BIND", args.probe_bind), ("WORKERS", args.workers),
+                        ("THREADS", args.threads)):
         if value is not None:
             os.environ[name] = str(value)
     exec_unit(args.unit)
