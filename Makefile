@@ -14,10 +14,13 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# Mosquitto is the real broker the tests and the demo use; Chromium drives the page tests.
+# Mosquitto is the real broker the tests and the demo use, with edgeoffload's client-id plugin
+# compiled against its headers (edgeoffload/brokerplugin.py); Chromium drives the page tests.
+SYSTEM_PACKAGES := mosquitto mosquitto-dev libmosquitto-dev gcc libc6-dev chromium chromium-driver
 system-deps:
-	@{ command -v mosquitto || [ -x /usr/sbin/mosquitto ]; } >/dev/null 2>&1 && [ -x /usr/bin/chromedriver ] || { \
-	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq mosquitto chromium chromium-driver; }
+	@{ command -v mosquitto || [ -x /usr/sbin/mosquitto ]; } >/dev/null 2>&1 && [ -x /usr/bin/chromedriver ] \
+	  && [ -f /usr/include/mosquitto_plugin.h ] && [ -f /usr/include/mosquitto.h ] && command -v cc >/dev/null || { \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $(SYSTEM_PACKAGES); }
 
 demo: install system-deps
 	$(VENV)/bin/edgeoffload demo

@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgeoffload.brokerplugin import LIBRARY_NAME, build_plugin
+
 RESULTS_TOPIC = "edgeoffload/results"
 STATUS_TOPIC = "edgeoffload/status"
 PREVIEWS_TOPIC = "edgeoffload/previews"   # small retained frames for the live page (edgeoffload.preview)
@@ -28,6 +30,7 @@ K8S_CONFIG_DIR = "/mosquitto/config"
 K8S_SECRET_DIR = "/mosquitto/secret"
 K8S_DATA_DIR = "/mosquitto/data"
 K8S_TLS_DIR = "/mosquitto/tls"
+K8S_PLUGIN = "/usr/lib/edgeoffload_clientid.so"   # where the Dockerfile's `broker` target puts it
 PASSWORD_ITERATIONS = 101  # what mosquitto_passwd uses for its $7$ (PBKDF2-SHA512) hashes
 
 # Who may do what. The preprocessor publishes results, camera previews and its status; the
@@ -76,14 +79,17 @@ class TLSFiles:
         return TLSFiles(*copies)
 
 
-def render_config(port: int, password_file: str, acl_file: str, data_dir: str | None,
+def render_config(port: int, password_file: str, acl_file: str, data_dir: str | None, plugin: str,
                   bind: str = "0.0.0.0", tls: TLSFiles | None = None) -> str:
     """mosquitto.conf: one explicit listener (TLS only, when `tls` is given), no anonymous access,
-    password file, ACL, bounded queues."""
+    client ids bound to accounts (edgeoffload.brokerplugin), password file, ACL, bounded queues."""
     lines = [
         "# Rendered by edgeoffload.broker.render_config: keep in sync by regenerating, not by hand.",
         "per_listener_settings false",
         "allow_anonymous false",
+        "# Client ids must be the account's name or start with \"<account>-\": no login can take over",
+        "# another account's session (edgeoffload/mosquitto_clientid.c). Runs before the password check.",
+        f"plugin {plugin}",
         f"password_file {password_file}",
         f"acl_file {acl_file}",
         "# A frame record or a camera preview is small; refuse anything that is not (bytes; Mosquitto 2's message_size_limit).",
@@ -113,7 +119,7 @@ def k8s_config(tls: bool = True) -> str:
     on 8883 with the certificate of Secret broker-tls; `tls=False`: plaintext on 1883 instead."""
     files = TLSFiles(f"{K8S_TLS_DIR}/ca.crt", f"{K8S_TLS_DIR}/tls.crt", f"{K8S_TLS_DIR}/tls.key") if tls else None
     return render_config(8883 if tls else 1883, f"{K8S_SECRET_DIR}/passwd", f"{K8S_CONFIG_DIR}/acl",
-                         f"{K8S_DATA_DIR}/", tls=files)
+                         f"{K8S_DATA_DIR}/", K8S_PLUGIN, tls=files)
 
 
 def hash_password(password: str, salt: bytes | None = None) -> str:
@@ -210,13 +216,17 @@ def start_broker(port: int | None = None, host: str = "127.0.0.1", users: dict[s
     users = users or generate_users()
     if tls is not None:
         tls = tls.installed_in(workdir / "tls")
+    # Mosquitto loads plugins after dropping to its own user: it reads a copy in its folder.
+    plugin = workdir / LIBRARY_NAME
+    shutil.copyfile(build_plugin(), plugin)
     passwd, acl = workdir / "passwd", workdir / "acl"
     passwd.write_text(password_file_text(users))
     acl.write_text(ACL)
     for path in (passwd, acl):
         path.chmod(0o600)
     _hand_to_broker_user(workdir)
-    config = render_config(port, str(passwd), str(acl), str(workdir / "data") if persistence else None, host, tls)
+    config = render_config(port, str(passwd), str(acl), str(workdir / "data") if persistence else None,
+                           str(plugin), host, tls)
     (workdir / "mosquitto.conf").write_text(config)
     broker = BrokerProcess(host, port, users, workdir, tls=tls, _binary=binary, owns_workdir=owns_workdir)
     broker.start()

@@ -34,6 +34,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgeoffload.broker import PREVIEWS_TOPIC, RESULTS_TOPIC, STATUS_TOPIC
+from edgeoffload.brokerplugin import client_id_allowed
 from edgeoffload.records import FrameRecord
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,9 @@ class MQTTSettings:
             raise ValueError("MQTT max_buffered must be at least 1")
         if not 0 <= self.resend_window_s <= 3600:
             raise ValueError(f"MQTT resend_window_s must be 0..3600, got {self.resend_window_s}")
+        if self.client_id and self.username and not client_id_allowed(self.client_id, self.username):
+            raise ValueError(f"MQTT client id {self.client_id!r} must be {self.username!r} or start with "
+                             f"'{self.username}-': the broker binds client ids to accounts")
 
 
 def sanitise_topic_level(name: str) -> str:
@@ -97,15 +101,16 @@ def status_topic(unit: str) -> str:
     return f"{STATUS_TOPIC}/{sanitise_topic_level(unit)}"
 
 
-def default_client_id(role: str) -> str:
+def default_client_id(account: str) -> str:
     """Unique per client: two clients sharing an id (e.g. two gunicorn workers) keep kicking each
-    other off. Set MQTTSettings.client_id to a stable id to resume a session after a restart."""
-    return f"edgeoffload-{role}-{socket.gethostname()[:32]}-{os.getpid()}-{secrets.token_hex(3)}"
+    other off. It starts with the broker account's name, as the broker requires
+    (edgeoffload.brokerplugin). Set MQTTSettings.client_id to a stable id to resume a session after a restart."""
+    return f"{account}-{socket.gethostname()[:32]}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 def _new_client(settings: MQTTSettings, role: str) -> mqtt.Client:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=settings.client_id or default_client_id(role),
-                         protocol=mqtt.MQTTv5)
+    client_id = settings.client_id or default_client_id(settings.username or role)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     if settings.username:
         client.username_pw_set(settings.username, settings.password)
     if settings.cafile:

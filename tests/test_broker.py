@@ -14,14 +14,18 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edgeoffload.broker import ACL, ROLES, BrokerProcess, hash_password, k8s_config, password_file_text
-from edgeoffload.messaging import MQTTSettings, Publisher
+from edgeoffload.brokerplugin import client_id_allowed
+from edgeoffload.messaging import MQTTSettings, Publisher, default_client_id
 from edgeoffload.serve import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def connect(broker: BrokerProcess, user: str | None, password: str | None) -> tuple[mqtt.Client, list[str]]:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+def connect(broker: BrokerProcess, user: str | None, password: str | None,
+            client_id: str | None = None) -> tuple[mqtt.Client, list[str]]:
+    """A raw paho client, with an id of `user`'s own unless given; `outcome` gets the CONNACK's reason."""
+    client_id = client_id if client_id is not None else default_client_id(user or "anonymous")
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     outcome: list[str] = []
     done = threading.Event()
 
@@ -30,6 +34,7 @@ def connect(broker: BrokerProcess, user: str | None, password: str | None) -> tu
         done.set()
 
     client.on_connect = on_connect
+    client.reconnect_delay_set(30, 60)   # a client that was taken over must stay off, for the assertions
     if user is not None:
         client.username_pw_set(user, password)
     client.connect(broker.host, broker.port)
@@ -99,6 +104,48 @@ def test_preprocessor_cannot_read_results(broker: BrokerProcess) -> None:
     time.sleep(0.5)
     assert received == []
     spy.disconnect()
+
+
+def test_no_account_can_take_over_another_accounts_client_id(broker: BrokerProcess) -> None:
+    """Mosquitto disconnects a client when its id connects again; the client-id plugin refuses the
+    second connection unless the id belongs to the account that logs in."""
+    victim_id = default_client_id("preprocessor")
+    victim, victim_events = connect(broker, "preprocessor", broker.users["preprocessor"], victim_id)
+    assert victim_events == ["Success"]
+    for account in ("webserver", "monitor", "autoscaler"):
+        _thief, thief_events = connect(broker, account, broker.users[account], victim_id)
+        assert thief_events == ["Not authorized"], account
+    _thief, thief_events = connect(broker, "webserver", broker.users["webserver"], "preprocessorX-1")
+    assert thief_events == ["Not authorized"]   # a prefix must end at a '-'
+    time.sleep(0.3)   # a takeover would have disconnected the victim by now
+    assert victim_events == ["Success"] and victim.is_connected()
+    # The same account may reuse its own id: that is how a restarted replica resumes its session.
+    _again, again_events = connect(broker, "preprocessor", broker.users["preprocessor"], victim_id)
+    assert again_events == ["Success"]
+    deadline = time.monotonic() + 3
+    while victim.is_connected() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not victim.is_connected()
+
+
+def test_an_id_of_its_own_still_needs_the_password(broker: BrokerProcess) -> None:
+    """The plugin only refuses: an id that fits still goes through the password file."""
+    _client, wrong = connect(broker, "webserver", "not-the-password", "webserver-1")
+    assert wrong in (["Bad user name or password"], ["Not authorized"])
+    _client, bare = connect(broker, "webserver", broker.users["webserver"], "webserver")
+    assert bare == ["Success"]
+    _client, empty = connect(broker, "webserver", broker.users["webserver"], "")
+    assert empty == ["Not authorized"]   # the broker's generated "auto-..." id is nobody's
+
+
+def test_the_client_id_rule_and_the_settings_that_would_break_it() -> None:
+    assert client_id_allowed("preprocessor", "preprocessor")
+    assert client_id_allowed("preprocessor-pod-1", "preprocessor")
+    assert not client_id_allowed("preprocessorx", "preprocessor")
+    assert not client_id_allowed("webserver-1", "preprocessor")
+    assert default_client_id("monitor").startswith("monitor-")
+    with pytest.raises(ValueError, match="must be 'webserver' or start with 'webserver-'"):
+        MQTTSettings(username="webserver", client_id="edgeoffload-webserver-1")
 
 
 def test_broker_restart_keeps_port_and_credentials(fresh_broker: BrokerProcess) -> None:

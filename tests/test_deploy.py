@@ -32,7 +32,7 @@ import requests
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-from edgeoffload import broker, metrics
+from edgeoffload import broker, brokerplugin, metrics
 from edgeoffload.config import env_names, load_config
 from edgeoffload.hpa import HPASpec, load_hpa_manifests, parse_quantity
 from edgeoffload.serve import READY_PATHS, UNITS, start_unit
@@ -55,8 +55,10 @@ UNIT_OF_DEPLOYMENT = {
 }
 SCENARIO_POOL_DEPLOYMENTS = {"edge": "edge-inference", "cloud": "cloud-inference"}
 PLACEHOLDER = "REPLACE_ME"
-# Pinned to a release: a moving tag (":2") would change the broker on the next pull.
+# Pinned to a release: a moving tag (":2") would change the broker on the next pull. The broker
+# image is that release plus the client-id plugin (EdgeBrokerProvider/Dockerfile).
 MOSQUITTO_IMAGE = "eclipse-mosquitto:2.0.21"
+BROKER_DOCKERFILE = ROOT / "EdgeBrokerProvider" / "Dockerfile"
 
 
 # ------------------------------------------------------------------ loading
@@ -169,7 +171,7 @@ def test_kustomize_build_yields_exactly_the_manifests() -> None:
     assert sorted((d["kind"], d["metadata"]["name"]) for d in rendered) == \
         sorted((o["kind"], o["metadata"]["name"]) for o in objects())
     images = {c["image"] for d in rendered if d["kind"] == "Deployment" for c in pod_spec(d)["containers"]}
-    assert images == {f"edgeoffload:{project_version()}", MOSQUITTO_IMAGE}
+    assert images == {f"edgeoffload:{project_version()}", f"edgeoffload-broker:{project_version()}"}
 
 
 # ------------------------------------------------------------------ units: routes, env, probes
@@ -691,7 +693,7 @@ def test_broker_config_map_is_the_rendered_config_and_acl() -> None:
 def test_broker_deployment_mounts_what_the_config_names() -> None:
     deployment = of_kind("Deployment")["broker"]
     container = only_container(deployment)
-    assert container["image"] == MOSQUITTO_IMAGE
+    assert container["image"] == f"edgeoffload-broker:{project_version()}"
     assert container["command"] == ["mosquitto", "-c", f"{broker.K8S_CONFIG_DIR}/mosquitto.conf"]
     volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
     mounts = {m["mountPath"].rstrip("/"): volumes[m["name"]] for m in container["volumeMounts"]}
@@ -710,9 +712,9 @@ def test_broker_deployment_mounts_what_the_config_names() -> None:
 
 
 # ------------------------------------------------------------------ image
-def dockerfile_instructions(keyword: str) -> list[str]:
+def dockerfile_instructions(keyword: str, dockerfile: Path = ROOT / "Dockerfile") -> list[str]:
     """Arguments of every `keyword` instruction (continuation lines joined, comments dropped)."""
-    lines = [l for l in (ROOT / "Dockerfile").read_text().splitlines() if not l.lstrip().startswith("#")]
+    lines = [l for l in dockerfile.read_text().splitlines() if not l.lstrip().startswith("#")]
     joined = re.sub(r"\\\n\s*", " ", "\n".join(lines))
     return [m.group(1).strip() for m in re.finditer(rf"^{keyword}\s+(.*)$", joined, re.M)]
 
@@ -760,6 +762,19 @@ def test_dockerfile_is_one_slim_non_root_image_for_every_unit() -> None:
         for prefix, config_class in unit_settings.items():
             if name.startswith(prefix):
                 assert name in env_names(config_class, prefix), f"Dockerfile ENV {name} is read by no code"
+
+
+def test_broker_image_is_the_pinned_mosquitto_with_the_plugin_the_config_loads() -> None:
+    froms = dockerfile_instructions("FROM", BROKER_DOCKERFILE)
+    assert dockerfile_instructions("ARG", BROKER_DOCKERFILE) == [f"MOSQUITTO_IMAGE={MOSQUITTO_IMAGE}"]
+    assert [f.split()[0] for f in froms] == ["${MOSQUITTO_IMAGE}"] * 2 and froms[-1].endswith("AS broker")
+    source, _ = shlex.split(dockerfile_instructions("COPY", BROKER_DOCKERFILE)[0])
+    assert ROOT / source == brokerplugin.SOURCE and dockerignore_allows(source)
+    plugin = re.search(r"^plugin (\S+)$", broker.k8s_config(), re.M).group(1)
+    assert plugin == broker.K8S_PLUGIN
+    assert dockerfile_instructions("COPY", BROKER_DOCKERFILE)[-1].split()[-1] == plugin
+    compile_line = next(r for r in dockerfile_instructions("RUN", BROKER_DOCKERFILE) if r.startswith("gcc"))
+    assert "-Werror" in compile_line and compile_line.split()[-1] == f"/src/{brokerplugin.SOURCE.name}"
 
 
 def test_readme_exists_for_the_image_build() -> None:

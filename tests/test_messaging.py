@@ -187,7 +187,7 @@ def test_broker_restart_mid_run_loses_no_record(fresh_broker: BrokerProcess) -> 
         if len(seen) == total:
             done.set()
 
-    sub_settings = settings_for(fresh_broker, "webserver", client_id="test-restart-webserver")
+    sub_settings = settings_for(fresh_broker, "webserver", client_id="webserver-test-restart")
     with Subscriber(sub_settings, on_record=on_record) as sub, \
             Publisher(settings_for(fresh_broker, "preprocessor")) as pub:
         assert sub.wait_subscribed(WAIT) and pub.wait_connected(WAIT)
@@ -236,14 +236,14 @@ def _kill_broker_with_records_queued(broker: BrokerProcess, subscriber_id: str, 
 
 
 def test_broker_sigkill_loses_no_acknowledged_record(fresh_broker: BrokerProcess) -> None:
-    sink, resent = _kill_broker_with_records_queued(fresh_broker, "test-kill-webserver", [range(300)], 0.0,
+    sink, resent = _kill_broker_with_records_queued(fresh_broker, "webserver-test-kill", [range(300)], 0.0,
                                                     resend_window_s=10.0)
     assert resent == 300
     assert sorted(r.frame_id for r in sink.records) == list(range(300))
 
 
 def test_only_records_acknowledged_within_the_window_are_sent_again(fresh_broker: BrokerProcess) -> None:
-    sink, resent = _kill_broker_with_records_queued(fresh_broker, "test-window-webserver",
+    sink, resent = _kill_broker_with_records_queued(fresh_broker, "webserver-test-window",
                                                     [range(0, 50), range(50, 80)], 1.2, resend_window_s=0.6)
     assert resent == 30   # the older 50 were not (they were in memory only and died with the broker)
     received = {r.frame_id for r in sink.records}
@@ -267,7 +267,7 @@ def test_subscriber_drops_qos1_redeliveries_but_not_new_captures(broker: BrokerP
 
 def test_buffer_is_bounded_while_broker_is_away(fresh_broker: BrokerProcess) -> None:
     sink = Collector()
-    with sink.subscriber(settings_for(fresh_broker, "webserver", client_id="test-buffer-webserver")) as sub, \
+    with sink.subscriber(settings_for(fresh_broker, "webserver", client_id="webserver-test-buffer")) as sub, \
             Publisher(settings_for(fresh_broker, "preprocessor", max_buffered=5)) as pub:
         assert sub.wait_subscribed(WAIT) and pub.wait_connected(WAIT)
         fresh_broker.stop()

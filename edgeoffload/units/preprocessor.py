@@ -180,6 +180,10 @@ class PreprocessorConfig:
             raise ConfigError(f"{ENV_PREFIX}SOURCES: {exc}") from None
         if self.preview and (problems := self.preview_settings().problems()):
             raise ConfigError(f"{ENV_PREFIX}PREVIEW_{problems[0]}")
+        try:
+            self.mqtt_settings()
+        except ValueError as exc:   # e.g. a client id the broker would refuse for this account
+            raise ConfigError(f"{ENV_PREFIX}MQTT_*: {exc}") from None
 
     def preview_settings(self) -> PreviewSettings:
         return PreviewSettings(self.preview, self.preview_width, self.preview_fps, self.preview_max_bytes)

@@ -523,7 +523,7 @@ def test_broker_restart_mid_run_loses_no_record(fresh_broker: BrokerProcess, sit
                                                 kill: bool) -> None:
     edge, cloud = sites
     subscribed_at = time.time()
-    sink = Records(fresh_broker, client_id=f"restart-webserver-{kill}")
+    sink = Records(fresh_broker, client_id=f"webserver-restart-{kill}")
     unit = Running(pre_config(fresh_broker, edge.url, cloud.url, policy="alternate", queue_size=64))
     try:
         if kill:  # a killed broker keeps only what it had saved: the sink's session must be in it
