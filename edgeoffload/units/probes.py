@@ -102,8 +102,8 @@ def answer(app: WsgiApp, head: bytes) -> bytes:
         return _json_error(404, "not a probe path")
     if method != "GET":
         return _json_error(405, "probes answer GET only")
-    environ = EnvironBuilder(path=path, query_string=query, method="GET").get_environ()
     try:
+        environ = EnvironBuilder(path=path, query_string=query, method="GET").get_environ()
         body_parts, status, headers = run_wsgi_app(app, environ, buffered=True)
         return http_response(status, b"".join(body_parts), list(headers.items()))
     except Exception:  # never let one probe end the thread that answers all of them
@@ -149,8 +149,8 @@ class ProbeServer:
             for key, _events in self._selector.select(self._wait_s()):
                 if key.fileobj is self.listener:
                     self._accept()
-                else:
-                    self._read(self.connections[key.fileobj])
+                elif (connection := self.connections.get(key.fileobj)) is not None:  # not closed this turn
+                    self._read(connection)
             self._expire(time.monotonic())
         for connection in list(self.connections.values()):
             self._close(connection)

@@ -186,3 +186,22 @@ def timed_probe(base_url: str) -> float:
     except requests.RequestException:
         ok = False
     return time.monotonic() - started if ok else float("inf")
+
+
+def test_closing_the_oldest_for_a_newcomer_while_it_has_sent_its_request_keeps_the_server_up() -> None:
+    """At the cap, connections arriving with their request already sent: the oldest is closed
+    while its own read event may be due in the same turn of the loop."""
+    listener = probe_listener(f"127.0.0.1:{free_port()}")
+    running = ProbeServer(probed_app(), listener, ProbeLimits(max_connections=1)).start()
+    sockets = [connect(running)]
+    try:
+        for _ in range(100):
+            time.sleep(0.005)   # the last one is accepted and waits for its request
+            sockets.append(connect(running))   # a newcomer, then at once the request of the one it evicts
+            sockets[-2].sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert requests.get(url(running, "/v2/health/ready"), timeout=2).status_code == 200
+    finally:
+        for sock in sockets:
+            sock.close()
+        running.stop()
+        listener.close()
