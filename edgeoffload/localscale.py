@@ -218,7 +218,7 @@ class ReplicaPool:
         self.peak = 0            # most replicas at once
         self.rescales = 0        # scale_to calls that changed the count
         self.exits = 0           # replicas whose process died on its own
-        self.restarts = 0        # replacements started for them
+        self.restarts = 0        # replacements started for them, and failed starts tried again
         self._crash_streak = 0   # replicas in a row that died soon after starting
         self.windows: dict[int, ReplicaWindow] = {}
         self._serial = itertools.count(1)
@@ -264,22 +264,48 @@ class ReplicaPool:
             self.on_change()
         for pending in added:
             if wait:
-                self._add(pending)
+                try:
+                    self._add(pending)
+                except Exception:
+                    self._forget(pending)
+                    if not (self._stopping.is_set() or pending.cancelled):
+                        raise
             else:
-                threading.Thread(target=self._add, args=(pending,), daemon=True, name=f"start-{pending.name}").start()
+                self._start_in_background(pending, 0.0)
+
+    def _forget(self, pending: StartingReplica) -> None:
+        with self._lock:
+            if pending in self.starting:
+                self.starting.remove(pending)
+
+    def _start_in_background(self, pending: StartingReplica, delay_s: float) -> None:
+        threading.Thread(target=self._start_until_up, args=(pending, delay_s), daemon=True,
+                         name=f"start-{pending.name}").start()
+
+    def _start_until_up(self, pending: StartingReplica, delay_s: float) -> None:
+        """Start `pending` after `delay_s`, and again after every failed start, with the kubelet's
+        back-off, for as long as the Deployment still wants it (as a pod's container is restarted)."""
+        while not (self._stopping.wait(delay_s) or pending.cancelled):
+            try:
+                self._add(pending)
+                return
+            except Exception as exc:
+                with self._lock:
+                    self._crash_streak += 1
+                    self.restarts += 1
+                    delay_s = restart_delay(self._crash_streak)
+                    restarts = self.restarts
+                log.warning("%s: replica %s failed to start (%s: %s); next try in %.0fs (restart %d)", self.name,
+                            pending.name, type(exc).__name__, str(exc)[:300], delay_s, restarts)
+                if self.on_change:
+                    self.on_change()
+        self._forget(pending)
 
     def _add(self, pending: StartingReplica) -> None:
+        """Start `pending`'s process and put it in rotation once ready; raises if it cannot start."""
         name = pending.name
-        try:
-            unit = start_unit("inference", env={**self.env, "INFER_REPLICA_NAME": name}, workers=self.workers,
-                              threads=self.threads, log_dir=self.log_dir)
-        except Exception:
-            with self._lock:
-                if pending in self.starting:
-                    self.starting.remove(pending)
-            if self._stopping.is_set() or pending.cancelled:
-                return
-            raise
+        unit = start_unit("inference", env={**self.env, "INFER_REPLICA_NAME": name}, workers=self.workers,
+                          threads=self.threads, log_dir=self.log_dir)
         wan_relay = None
         if self.wan is not None:
             host, port = urlparse(unit.url).hostname or "127.0.0.1", urlparse(unit.url).port or 80
@@ -363,19 +389,7 @@ class ReplicaPool:
                     self.restarts)
         if self.on_change:
             self.on_change()
-        threading.Thread(target=self._add_after, args=(pending, delay), daemon=True,
-                         name=f"start-{pending.name}").start()
-
-    def _add_after(self, pending: StartingReplica, delay_s: float) -> None:
-        if self._stopping.wait(delay_s) or pending.cancelled:
-            with self._lock:
-                if pending in self.starting:
-                    self.starting.remove(pending)
-            return
-        try:
-            self._add(pending)
-        except Exception:
-            log.exception("%s: replacement %s failed to start", self.name, pending.name)
+        self._start_in_background(pending, delay)
 
     def sample(self, now: float | None = None) -> None:
         """Scrape each replica's in-flight gauge once (as Prometheus does, at every sync), stamped

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +22,8 @@ from edgeoffload.podmetrics import AVERAGE_WINDOW_S
 from edgeoffload.localscale import (IN_FLIGHT_METRIC, LocalAutoscaler, ReplicaPool, check_servable, restart_delay,
                                     process_tree_cpu_seconds, scrape_in_flight)
 from edgeoffload.relay import TcpRelay
+from edgeoffload.detect.builtin import DEFAULT_FACE_CASCADE
+from edgeoffload import localscale
 from edgeoffload.unitfolders import autoscale_file
 
 FAST_DOWN = Behavior(scale_down=ScalingRules(0, (ScalingPolicy("Percent", 100, 15),)))
@@ -168,6 +171,32 @@ def test_a_replica_that_dies_leaves_the_rotation_at_once_and_a_new_one_replaces_
     assert [r.name for r in pool.replicas] == ["edge-inference-2", "edge-inference-3"]
     wait_until(lambda: ready_names(pool) == ["edge-inference-2", "edge-inference-3"])
     assert len(pool.relay.backends) == 2 and pool.exits == 1
+
+
+def test_a_replacement_that_fails_to_start_is_tried_again_with_back_off(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model file vanishes (say, a volume not mounted yet): the replacement of a dead replica
+    cannot start. It is tried again with the crash-loop back-off until it comes up, as the
+    kubelet restarts a pod's container, instead of leaving the Deployment a replica short."""
+    monkeypatch.setattr(localscale, "RESTART_BACKOFF_S", 0.3)
+    model = tmp_path / "face.xml"
+    shutil.copyfile(DEFAULT_FACE_CASCADE, model)
+    relay = TcpRelay().start()
+    pool = ReplicaPool("edge", SiteOptions(instances=1, model_path=str(model)).inference_env("edge"), relay,
+                       tmp_path, endpoints=EndpointSliceStore(), pre_stop_s=0.5)
+    try:
+        pool.scale_to(1)
+        model.rename(tmp_path / "away.xml")
+        os.killpg(pool.replicas[0].pid, signal.SIGKILL)
+        wait_until(lambda: pool.restarts >= 3)       # the replacement, then two failed starts tried again
+        assert (pool.size, pool.desired, len(pool.starting)) == (0, 1, 1)
+        (tmp_path / "away.xml").rename(model)
+        wait_until(lambda: pool.size == 1)
+        assert pool.desired == 1 and not pool.starting and pool.exits == 1
+        wait_until(lambda: ready_names(pool) == [pool.replicas[0].name])
+    finally:
+        pool.stop()
+        relay.stop()
 
 
 def test_restarts_back_off_like_crash_loop_back_off() -> None:

@@ -21,7 +21,6 @@ import socket
 import sys
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -33,7 +32,7 @@ from edgeoffload.broker import RESULTS_TOPIC
 from edgeoffload.load.sample_video import FrameSource, open_source
 from edgeoffload.load.summary import RecordSummary, summarize, summary_numbers, summary_rows, text_table
 from edgeoffload.load.trace import Trace, TraceEvent, read_trace
-from edgeoffload.messaging import MQTTSettings, Subscriber
+from edgeoffload.messaging import MQTTSettings, Subscriber, default_client_id
 from edgeoffload.records import FrameRecord, RecordWriter
 
 FrameKey = tuple[str, int]
@@ -302,7 +301,7 @@ def replay(trace: Trace, target_url: str, frames: FrameSource, mqtt: MQTTSetting
     check_reachable(mqtt.host, mqtt.port, "the MQTT broker")
     # A fresh session per replay: a reused client id would resume an old session and be handed
     # the records queued for it since, which belong to another run.
-    mqtt = dataclasses.replace(mqtt, client_id=mqtt.client_id or f"edgeoffload-replay-{os.getpid()}-{uuid.uuid4().hex[:8]}",
+    mqtt = dataclasses.replace(mqtt, client_id=mqtt.client_id or default_client_id(mqtt.username or "replay"),
                                session_expiry_s=min(mqtt.session_expiry_s, 60))
     writer = RecordWriter(out) if out else None
     collector = RecordCollector(set(trace.cameras), writer)
