@@ -47,6 +47,8 @@ WsgiApp = Callable[..., Any]
 
 @dataclass(frozen=True, slots=True)
 class ProbeLimits:
+    """What one client of the probe port can hold: bytes, time, and connections."""
+
     head_bytes: int = MAX_HEAD_BYTES
     head_timeout_s: float = HEAD_TIMEOUT_S
     max_connections: int = MAX_CONNECTIONS
