@@ -61,27 +61,15 @@ class Engine:
     def map_unordered(self, function: Callable[[Item], Any], items: Sequence[Item],
                       key: Callable[[Item], str]) -> Iterator[tuple[Item, Any]]:
         """(item, function(item)) as each finishes; an exception raised by the call (or the loss
-        of its worker) takes the place of its result."""
+        of its worker) takes the place of its result. On Dask the calls are submitted at once, so
+        the workers start while the caller does something else before reading the results."""
         if not items:
-            return
+            return iter(())
         if self.in_process:
-            for item in items:
-                try:
-                    yield item, function(item)
-                except Exception as exc:  # noqa: BLE001 - handed to the caller like a lost worker's error
-                    yield item, exc
-            return
-        from distributed import as_completed
-
+            return _call_each(function, items)
         client = self._connect()
         futures = {client.submit(function, item, key=key(item), retries=0): item for item in items}
-        for future in as_completed(futures):
-            try:
-                yield futures[future], future.result()
-            except Exception as exc:  # noqa: BLE001 - the task raised, or its worker died (KilledWorker)
-                yield futures[future], exc
-            finally:
-                future.release()
+        return _as_completed(futures)
 
     def _connect(self) -> Any:
         if self._client is None:
@@ -120,6 +108,26 @@ class Engine:
             client.close()
             raise
         return client
+
+
+def _call_each(function: Callable[[Item], Any], items: Sequence[Item]) -> Iterator[tuple[Item, Any]]:
+    for item in items:
+        try:
+            yield item, function(item)
+        except Exception as exc:  # noqa: BLE001 - handed to the caller like a lost worker's error
+            yield item, exc
+
+
+def _as_completed(futures: dict[Any, Item]) -> Iterator[tuple[Item, Any]]:
+    from distributed import as_completed
+
+    for future in as_completed(futures):
+        try:
+            yield futures[future], future.result()
+        except Exception as exc:  # noqa: BLE001 - the task raised, or its worker died (KilledWorker)
+            yield futures[future], exc
+        finally:
+            future.release()
 
 
 def _cores() -> int:

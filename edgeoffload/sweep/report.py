@@ -19,7 +19,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from edgeoffload.analysis import (CASCADE_COLUMNS, METRIC_KEYS, POLICY_COLUMNS, Column, RunMetrics, markdown_table, plot_grouped_bars,
                                   plot_pareto, write_csv)
@@ -233,13 +233,17 @@ def plot_jobs(spec: SweepSpec, rows: Sequence[Row]) -> list[PlotJob]:
     return jobs
 
 
-def write_plots(spec: SweepSpec, rows: Sequence[Row], out: Path, engine: Engine) -> list[Path]:
-    """Draw the plots on `engine`'s workers and write them into `out`. A plot that cannot be
-    drawn (matplotlib missing) is reported on stderr; the sweep's other outputs stand."""
-    jobs = plot_jobs(spec, rows)
+def start_plots(spec: SweepSpec, rows: Sequence[Row], engine: Engine) -> Iterator[tuple[PlotJob, Any]]:
+    """Hand the plots to `engine`'s workers; they draw while the caller writes the table."""
+    return engine.map_unordered(render_png, plot_jobs(spec, rows), key=lambda job: f"edgeoffload-plot-{uuid.uuid4().hex}")
+
+
+def save_plots(drawn: Iterator[tuple[PlotJob, Any]], out: Path) -> list[Path]:
+    """Write the plots into `out` as they are drawn. A plot that cannot be drawn (matplotlib
+    missing) is reported on stderr; the sweep's other outputs stand."""
     written: list[Path] = []
     errors: Counter[str] = Counter()
-    for job, png in engine.map_unordered(render_png, jobs, key=lambda job: f"edgeoffload-plot-{uuid.uuid4().hex}"):
+    for job, png in drawn:
         if isinstance(png, BaseException):
             errors[f"{type(png).__name__}: {png}"] += 1
             continue
@@ -261,6 +265,7 @@ def write_outputs(spec: SweepSpec, cells: Sequence[tuple[str, Cell]], results: d
     """Every output file of the sweep into `out` (plots drawn on `engine`, none without one)."""
     out.mkdir(parents=True, exist_ok=True)
     rows = table_rows(spec, cells, results)
+    drawn = start_plots(spec, rows, engine) if engine is not None else None
     distinct = len({cell.key for _, cell in cells})
     written = list(write_table(spec, rows, out))
     report = out / "report.md"
@@ -268,10 +273,10 @@ def write_outputs(spec: SweepSpec, cells: Sequence[tuple[str, Cell]], results: d
     summary = out / "summary.json"
     summary.write_text(json.dumps(summary_json(spec, rows, distinct), indent=2) + "\n", encoding="utf-8")
     written += [report, summary]
-    if engine is not None:
-        written += write_plots(spec, rows, out, engine)
+    if drawn is not None:
+        written += save_plots(drawn, out)
     return written
 
 
 __all__ = ["METRIC_COLUMNS", "PlotJob", "family", "pareto_series", "plot_jobs", "render_png", "report_markdown",
-           "seed_means", "summary_json", "table_columns", "table_rows", "write_outputs", "write_plots", "write_table"]
+           "seed_means", "summary_json", "save_plots", "start_plots", "table_columns", "table_rows", "write_outputs", "write_table"]
