@@ -60,12 +60,13 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HOME=/tmp \
     BIND=0.0.0.0:8080 \
+    PROBE_BIND=0.0.0.0:8081 \
     PROMETHEUS_MULTIPROC_DIR=/tmp/metrics \
     MALLOC_MMAP_THRESHOLD_=67108864 \
     MALLOC_TRIM_THRESHOLD_=268435456 \
     INFER_CONFIG=/models/inference.yaml
 WORKDIR /tmp
 USER ${UID}:${UID}
-EXPOSE 8080
+EXPOSE 8080 8081
 ENTRYPOINT ["edgeoffload"]
 CMD ["serve", "inference"]

@@ -293,10 +293,11 @@ class Testbed:
         self._supervisor = threading.Thread(target=self._supervise, daemon=True, name="testbed-supervisor")
         self._supervisor.start()
 
-    def _start_unit(self, name: str, port: int) -> UnitProcess:
+    def _start_unit(self, name: str, port: int, probe_port: int | None = None) -> UnitProcess:
         env = self._unit_envs[name]
         return start_unit(name, env=env, host=self.options.host, log_dir=self.log_dir, port=port,
-                          workers=int(env.get("WORKERS", "1")), threads=int(env.get("THREADS", "8")))
+                          probe_port=probe_port, workers=int(env.get("WORKERS", "1")),
+                          threads=int(env.get("THREADS", "8")))
 
     def _new_autoscaler(self, first_sync_s: float | None = None) -> LocalAutoscaler:
         pools = {site: (self.pools[site], dataclasses.replace(hpa_for(self.options, site), first_sync_s=first_sync_s))
@@ -353,7 +354,7 @@ class Testbed:
                 self.broker.start()
             else:
                 old = getattr(self, name)
-                setattr(self, name, self._start_unit(name, int(old.url.rsplit(":", 1)[1])))
+                setattr(self, name, self._start_unit(name, old.port, old.probe_port))
         except Exception:  # counted as another early exit: the next attempt backs off further
             log.exception("restarting %s failed", name)
             return

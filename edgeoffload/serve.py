@@ -86,6 +86,23 @@ class UnitProcess:
     process: subprocess.Popen
     log_path: Path
     metrics_dir: str = field(default="")
+    probe_url: str = ""   # the probe listener (PROBE_BIND), where the kubelet's probes go
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    @property
+    def probe_port(self) -> int:
+        return int(self.probe_url.rsplit(":", 1)[1])
+
+    def ready(self, timeout: float = 2.0) -> bool:
+        """Whether its readiness probe answers 200 within `timeout`."""
+        try:
+            with urllib.request.urlopen(self.probe_url + READY_PATHS[self.unit], timeout=timeout) as response:
+                return response.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            return False
 
     def stop(self, timeout: float = 15.0) -> int:
         """Stop the unit and remove its temporary metrics folder (nothing reads it afterwards)."""
@@ -107,42 +124,43 @@ class UnitProcess:
 def start_unit(unit: str, env: Mapping[str, str] | None = None, port: int | None = None,
                host: str = "127.0.0.1", workers: int = 1, threads: int = 4,
                ready_timeout: float = 90.0, wait_ready: bool = True,
-               log_dir: str | Path | None = None, command_prefix: Sequence[str] = ()) -> UnitProcess:
-    """Start `unit` under gunicorn on host:port and (by default) wait until it reports ready.
+               log_dir: str | Path | None = None, command_prefix: Sequence[str] = (),
+               probe_port: int | None = None) -> UnitProcess:
+    """Start `unit` under gunicorn on host:port, its probes on host:probe_port (a free one by
+    default), and (by default) wait until it reports ready there, as the kubelet would.
 
     `command_prefix` runs gunicorn through another command, e.g. `ip netns exec NAME` to serve
     on an address of a network namespace (the k8s tests' pod IPs)."""
     port = port or free_port(host)
+    probe_port = probe_port or free_port(host)
     log_dir = Path(log_dir or tempfile.mkdtemp(prefix="edgeoffload-logs-"))
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{unit}-{port}.log"
     metrics_dir = tempfile.mkdtemp(prefix=f"edgeoffload-metrics-{unit}-")
-    child_env = {**os.environ, **(env or {}), "BIND": f"{host}:{port}", "WORKERS": str(workers),
-                 "THREADS": str(threads), "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+    child_env = {**os.environ, **(env or {}), "BIND": f"{host}:{port}", "PROBE_BIND": f"{host}:{probe_port}",
+                 "WORKERS": str(workers), "THREADS": str(threads), "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
     with log_path.open("ab") as log:
         process = subprocess.Popen([*command_prefix, *gunicorn_command(unit)], env=child_env, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
-    running = UnitProcess(unit, f"http://{host}:{port}", process, log_path, metrics_dir)
+    running = UnitProcess(unit, f"http://{host}:{port}", process, log_path, metrics_dir,
+                          probe_url=f"http://{host}:{probe_port}")
     if wait_ready:
         try:
-            wait_until_ready(running, READY_PATHS[unit], ready_timeout)
+            wait_until_ready(running, ready_timeout)
         except Exception:
             running.stop()
             raise
     return running
 
 
-def wait_until_ready(running: UnitProcess, path: str, timeout: float) -> None:
+def wait_until_ready(running: UnitProcess, timeout: float) -> None:
+    """Poll the unit's ready path on its probe port until it answers 200 (the readiness probe)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if running.process.poll() is not None:
             raise RuntimeError(f"{running.unit} exited with {running.process.returncode}:\n{running.log()[-4000:]}")
-        try:
-            with urllib.request.urlopen(running.url + path, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-            pass
+        if running.ready():
+            return
         time.sleep(0.1)
     raise TimeoutError(f"{running.unit} at {running.url} not ready after {timeout:.0f}s:\n{running.log()[-4000:]}")
 
@@ -151,6 +169,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     """`edgeoffload serve UNIT`: the container entry point (gunicorn replaces this process)."""
     parser.add_argument("unit", choices=sorted(UNITS))
     parser.add_argument("--bind", help="host:port (default $BIND or 0.0.0.0:8080)")
+    parser.add_argument("--probe-bind", help="host:port of the health probes' own listener "
+                                             "(default $PROBE_BIND or 0.0.0.0:8081)")
     parser.add_argument("--workers", type=int,
                         help=f"gunicorn workers (default $WORKERS, else 1 for {' and '.join(SINGLE_WORKER_UNITS)}, "
                              "which keep per-process state, and for inference the CPUs available, at most 4)")
@@ -158,7 +178,8 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    for name, value in (("BIND", args.bind), ("WORKERS", args.workers), ("THREADS", args.threads)):
+    for name, value in (("BIND", args.bind), ("PROBE_BIND", args.probe_bind), ("WORKERS", args.workers),
+                        ("THREADS", args.threads)):
         if value is not None:
             os.environ[name] = str(value)
     exec_unit(args.unit)

@@ -36,6 +36,7 @@ from edgeoffload import broker, brokerplugin, metrics
 from edgeoffload.config import env_names, load_config
 from edgeoffload.hpa import HPASpec, load_hpa_manifests, parse_quantity
 from edgeoffload.serve import READY_PATHS, UNITS, start_unit
+from edgeoffload.units.probes import PROBE_PATHS
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMESPACE = "edgeoffload"
@@ -197,10 +198,11 @@ def gunicorn_env_names() -> set[str]:
     return set(re.findall(r"os\.environ(?:\.get\(|\[)\"([A-Z_]+)\"", GUNICORN_CONF.read_text()))
 
 
-def gunicorn_bind_port(env: Mapping[str, str]) -> int:
-    """The port gunicorn listens on: $BIND, else gunicorn_conf.py's default."""
-    default = re.search(r'os\.environ\.get\("BIND", "([^"]+)"\)', GUNICORN_CONF.read_text()).group(1)
-    return int(env.get("BIND", default).rsplit(":", 1)[1])
+def gunicorn_bind_port(env: Mapping[str, str], setting: str = "BIND") -> int:
+    """The port gunicorn listens on ($BIND), or its probes (PROBE_BIND): the variable, else
+    gunicorn_conf.py's default."""
+    default = re.search(rf'os\.environ\.get\("{setting}", "([^"]+)"\)', GUNICORN_CONF.read_text()).group(1)
+    return int(env.get(setting, default).rsplit(":", 1)[1])
 
 
 def project_version() -> str:
@@ -215,15 +217,17 @@ def test_unit_deployment_serves_its_unit_on_real_routes(name: str) -> None:
     assert container["image"] == f"edgeoffload:{project_version()}"
     assert container["args"] == ["serve", unit] and unit in UNITS
     bind_port = gunicorn_bind_port(config_map_env(deployment))
+    probe_port = gunicorn_bind_port(config_map_env(deployment), "PROBE_BIND")
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"http": bind_port}
+    assert ports == {"http": bind_port, "probes": probe_port}
     rules = app_rules(unit)
     probes = {kind: container[kind] for kind in ("startupProbe", "readinessProbe", "livenessProbe") if kind in container}
     assert "readinessProbe" in probes and "livenessProbe" in probes
     for kind, probe in probes.items():
         path, port = probe["httpGet"]["path"], probe["httpGet"]["port"]
         assert "GET" in rules.get(path, ()), f"{name} {kind}: {path} is not a GET route of {unit}"
-        assert ports.get(port, port) == bind_port
+        assert path in PROBE_PATHS, f"{name} {kind}: the probe listener does not answer {path}"
+        assert ports.get(port, port) == probe_port, f"{name} {kind}: not on the probe listener"
     assert probes["readinessProbe"]["httpGet"]["path"] == READY_PATHS[unit]
     annotations = deployment["spec"]["template"]["metadata"].get("annotations", {})
     if annotations.get("prometheus.io/scrape") == "true":
@@ -666,7 +670,10 @@ def test_network_policies_allow_exactly_the_needed_flows() -> None:
               (pre, brk, 1883), (web, brk, 1883),  # no plaintext MQTT
               (brk, pre, 8080), (pre, OUTSIDE, 443), (edge, OUTSIDE, 80), (web, OUTSIDE, 443),
               (edge, OUTSIDE, 6443), (cloud, OUTSIDE, 6443), (web, OUTSIDE, 6443), (brk, OUTSIDE, 6443),
-              (pre, brk, 8080), (pre, edge, 22), (OUTSIDE, newcomer, 8080), (newcomer, brk, 8883)]
+              (pre, brk, 8080), (pre, edge, 22), (OUTSIDE, newcomer, 8080), (newcomer, brk, 8883),
+              # the probe listener is for the kubelet (on the node, which policies always allow)
+              (OUTSIDE, pre, 8081), (OUTSIDE, web, 8081), (pre, edge, 8081), (pre, cloud, 8081),
+              (prometheus, edge, 8081), (prometheus, cloud, 8081)]
     for source, destination, port in allowed:
         assert flow_allowed(source, destination, port), f"blocked: {source} -> {destination}:{port}"
     for source, destination, port in denied:
@@ -749,7 +756,7 @@ def test_dockerfile_is_one_slim_non_root_image_for_every_unit() -> None:
     assert env["PROMETHEUS_MULTIPROC_DIR"].startswith("/tmp/") and env["HOME"] == "/tmp"  # emptyDir
     assert env["PYTHONDONTWRITEBYTECODE"] == "1"  # read-only root filesystem
     assert env["INFER_CONFIG"] == f"/models/{load_fetch_models().CONFIG_NAME}"
-    assert dockerfile_instructions("EXPOSE") == [str(gunicorn_bind_port(env))]
+    assert dockerfile_instructions("EXPOSE") == [f"{gunicorn_bind_port(env)} {gunicorn_bind_port(env, 'PROBE_BIND')}"]
     unit_settings = {prefix: import_attr(path) for _, path, prefix in UNIT_OF_DEPLOYMENT.values()}
     for name in env:
         for prefix, config_class in unit_settings.items():

@@ -8,7 +8,9 @@ Kubernetes restarts a healthy pod.
 
 BufferingWorker reads each request in the worker's event loop instead, without blocking,
 until it is complete (headers, then Content-Length bytes or the last chunk), and only then
-gives it to a thread, whose parser reads it from memory. What slow clients can hold is then
+gives it to a thread, whose parser reads it from memory; a kept-alive connection's next request
+goes through the same check, also when the client pipelined it behind the last one (gthread
+would give those bytes straight to a thread). What slow clients can hold is then
 bounded by time and memory, not by threads:
   READ_TIMEOUT_S   a request must arrive in full within this (default 30 s) of the connection
                    opening, or of a kept-alive one sending its next request; otherwise 408 and
@@ -172,6 +174,18 @@ class BufferingWorker(ThreadWorker):
             conn.parser.unreader.unread(prefetched)
         return super().handle(conn)
 
+    def finish_request(self, conn: TConn, fs) -> None:
+        """Runs in the event loop once a thread is done with a request. When the client pipelined
+        its next request, gthread hands the connection straight back to a thread, whose parser
+        would then block reading the rest of it: those bytes go through the completeness check
+        here instead, like any request still arriving."""
+        if not self.cfg.is_ssl and not fs.cancelled() and fs.exception() is None and fs.result() is True:
+            leftover = conn.parser.unreader.take_buffered()
+            if leftover:
+                self._receive(conn, leftover)
+                return
+        super().finish_request(conn, fs)
+
     def murder_pending(self) -> None:
         """Called once per loop turn: also time out requests that are still arriving."""
         super().murder_pending()
@@ -186,11 +200,14 @@ class BufferingWorker(ThreadWorker):
         self._resume()
 
     # -- reading without blocking -----------------------------------------------------------
-    def _receive(self, conn: TConn) -> None:
+    def _receive(self, conn: TConn, arrived: bytes = b"") -> None:
+        """Wait in the event loop for `conn`'s next request, of which `arrived` came already."""
         conn.sock.setblocking(False)
         incoming = Incoming(conn, time.monotonic() + self.read_timeout_s, RequestEnd(self.max_request_bytes))
         self.incoming[conn] = incoming
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, incoming))
+        if arrived:
+            self._add(incoming, arrived)
 
     def _on_readable(self, incoming: Incoming, _sock: socket.socket) -> None:
         if self.buffered_bytes >= self.buffer_budget:
@@ -207,6 +224,10 @@ class BufferingWorker(ThreadWorker):
             self._forget(incoming)
             self._close(incoming.conn)
             return
+        self._add(incoming, data)
+
+    def _add(self, incoming: Incoming, data: bytes) -> None:
+        """Keep `data`; once the request is complete, give it to a thread."""
         incoming.data += data
         self.buffered_bytes += len(data)
         if not incoming.end.complete(incoming.data):

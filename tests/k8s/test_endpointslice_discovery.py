@@ -36,6 +36,7 @@ from edgeoffload.unitfolders import unit_settings
 NODE = "kwok-podnet"
 SERVICE = DEPLOYMENT = "edge-inference"
 PORT = 8080
+PROBE_PORT = 8081   # the Deployment's `probes` containerPort, where the kubelet probes
 SELECTOR = "app.kubernetes.io/name=edgeoffload,app.kubernetes.io/component=edge-inference"
 PER_REPLICA = 2
 SLEEP_PAD_MS = 60.0   # each inference waits this long: replicas add capacity on 2 cores
@@ -84,7 +85,7 @@ class Kubelet:
                 continue
             self.network.add(pod.status.pod_ip)
             self.units[name] = start_unit("inference", {**self.env, "HOSTNAME": name}, port=PORT,
-                                          host=pod.status.pod_ip, log_dir=self.log_dir,
+                                          probe_port=PROBE_PORT, host=pod.status.pod_ip, log_dir=self.log_dir,
                                           command_prefix=self.network.prefix)
             ready = {"type": "Ready", "status": "True"}
             self.core.patch_namespaced_pod_status(name, NAMESPACE, {"status": {"conditions": [

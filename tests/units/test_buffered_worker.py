@@ -1,6 +1,7 @@
 """BufferingWorker: when a request is complete, and the bounds on requests that never are."""
 from __future__ import annotations
 
+import re
 import socket
 import time
 from urllib.parse import urlsplit
@@ -57,6 +58,18 @@ def _read_all(sock: socket.socket) -> bytes:
     while chunk := sock.recv(65536):
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _read_response(sock: socket.socket) -> bytes:
+    """One response with a Content-Length, from a connection that stays open."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head).group(1))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +131,26 @@ def test_a_client_expecting_100_continue_gets_it_before_sending_its_body(unit) -
         assert sock.recv(64).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
         sock.sendall(b"abcd")
         assert b"HTTP/1.1 400 " in _read_all(sock)  # not an image: the app's answer
+
+
+def test_a_pipelined_request_still_arriving_does_not_hold_the_thread(unit) -> None:
+    """A complete request with the start of the next one behind it (pipelining): the leftover
+    bytes go back through the event loop's completeness check, not to a thread that would block
+    reading the rest. With one thread, another client is then still served; the pipelined
+    request is answered once complete."""
+    with _connect(unit.url) as pipelined:
+        pipelined.sendall(GET + GET[:20])   # one segment: the worker reads both at once
+        assert _read_response(pipelined).startswith(b"HTTP/1.1 200 ")
+        with _connect(unit.url) as other:
+            other.settimeout(1.5)
+            other.sendall(GET.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+            assert _read_all(other).startswith(b"HTTP/1.1 200 ")
+        pipelined.sendall(GET[20:].replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+        assert _read_all(pipelined).startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_pipelined_request_that_never_completes_times_out(unit) -> None:
+    with _connect(unit.url) as pipelined:
+        pipelined.sendall(GET + GET[:20])
+        answers = _read_all(pipelined)
+    assert answers.startswith(b"HTTP/1.1 200 ") and b"HTTP/1.1 408 " in answers
