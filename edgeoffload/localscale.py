@@ -160,8 +160,7 @@ class LocalReplica:
         """Where callers reach it: through its WAN relay if it has one."""
         if self.wan_relay is not None:
             return self.wan_relay.host, self.wan_relay.port
-        url = urlparse(self.unit.url)
-        return url.hostname or "127.0.0.1", url.port or 80
+        return _unit_address(self.unit)
 
     def stop(self) -> None:
         self.unit.stop()
@@ -308,7 +307,7 @@ class ReplicaPool:
                           threads=self.threads, log_dir=self.log_dir)
         wan_relay = None
         if self.wan is not None:
-            host, port = urlparse(unit.url).hostname or "127.0.0.1", urlparse(unit.url).port or 80
+            host, port = _unit_address(unit)
             wan_relay = TcpRelay([(host, port)], host=host, link=self.wan, name=f"{name}-wan").start()
         replica = LocalReplica(name, unit, wan_relay, started_at=pending.since, ready_at=time.monotonic())
         with self._lock:
